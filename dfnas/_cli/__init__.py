@@ -1,0 +1,1 @@
+"""Argument parsers of the dfnas command (parse, then call one library function)."""

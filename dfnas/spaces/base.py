@@ -1,0 +1,241 @@
+"""Search-space plumbing shared by every space and method.
+
+Vocabulary
+- A *decision* is a named architectural choice (``key``) among ordered *options* (op names). In cell
+  spaces one decision is shared by every cell (all cells share one genotype), so several ``Choice``
+  modules can carry the same key.
+- An ``Arch`` is a plain value: the space name plus ``{key: option}``. It round-trips through JSON and
+  through the space's own string format, and builds a plain ``nn.Module`` with no supernet code.
+- A supernet holds every option of every decision inside ``Choice`` modules. A search method decides what
+  a ``Choice`` computes by setting, per key, either one active option (single path: SPOS, ProxylessNAS
+  weight steps, evaluation) or a weight vector over options (weighted sum: DARTS, ProxylessNAS gates).
+
+Weight sharing contract: the plain network built for an arch has, at the module path of each ``Choice``,
+the chosen option's module itself. So supernet key ``<prefix>.candidates.<op>.<rest>`` maps to plain key
+``<prefix>.<rest>`` (see ``subnet_state_dict``); a plain net then equals the supernet with that path active.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfnas.errors import ArchError
+from dfnas.registry import Registry
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An architecture as data: ``space`` name + ordered ``(key, option)`` pairs."""
+
+    space: str
+    choices: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, space: str, mapping: Mapping[str, str]) -> Arch:
+        return cls(space, tuple(mapping.items()))
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.choices)
+
+    def __getitem__(self, key: str) -> str:
+        return self.as_dict()[key]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form: space, the space's string, and the explicit choices."""
+        return {"space": self.space, "arch": get_space_cls(self.space).format(self), "choices": self.as_dict()}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any] | str) -> Arch:
+        """Inverse of ``to_json`` (also accepts a JSON string); validated against the space."""
+        if isinstance(obj, str):
+            try:
+                obj = json.loads(obj)
+            except json.JSONDecodeError as e:
+                raise ArchError(f"architecture JSON is not valid JSON ({e})") from None
+        if not isinstance(obj, Mapping) or "space" not in obj:
+            raise ArchError("architecture JSON must be an object with 'space' and 'arch' or 'choices'")
+        space_cls = get_space_cls(str(obj["space"]))
+        if "arch" in obj:
+            arch = space_cls.parse(str(obj["arch"]))
+            if "choices" in obj and arch.as_dict() != dict(obj["choices"]):
+                raise ArchError("architecture JSON: 'arch' string and 'choices' disagree")
+            return arch
+        arch = cls.of(str(obj["space"]), dict(obj["choices"]))
+        space_cls.validate(arch)
+        return arch
+
+    def __str__(self) -> str:
+        return get_space_cls(self.space).format(self)
+
+
+class Choice(nn.Module):
+    """A decision point in a supernet: ``candidates[op]`` for every option of decision ``key``.
+
+    What ``forward`` computes is set from outside by the search method:
+    - ``active = op``: only that candidate runs (single path);
+    - ``weights = w`` (1-D tensor over options, same order as ``options``): sum of ``w[i] * op_i(x)``
+      over options with non-zero weight (``torch.zeros`` for the rest, shape-preserving).
+    """
+
+    def __init__(self, key: str, candidates: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.key = key
+        self.options = list(candidates)
+        self.candidates = nn.ModuleDict(dict(candidates))
+        self.active: str | None = None
+        self.weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weights is not None:
+            out: torch.Tensor | None = None
+            for i, op in enumerate(self.options):
+                # exact zeros skip the op: ProxylessNAS gates and pruned DARTS edges cost nothing
+                if self.weights.requires_grad or float(self.weights[i]) != 0.0:
+                    y = self.weights[i] * self.candidates[op](x)
+                    out = y if out is None else out + y
+            if out is None:
+                raise RuntimeError(f"choice {self.key!r}: all option weights are zero")
+            return out
+        if self.active is None:
+            raise RuntimeError(f"choice {self.key!r} has no active option: the search method must set a path")
+        return self.candidates[self.active](x)
+
+
+class Supernet(nn.Module):
+    """Base class of supernets: finds its ``Choice`` modules and sets paths or weights by key."""
+
+    def choices(self) -> Iterator[tuple[str, Choice]]:
+        for name, m in self.named_modules():
+            if isinstance(m, Choice):
+                yield name, m
+
+    def set_path(self, path: Mapping[str, str] | Arch) -> None:
+        """Single-path mode: every Choice runs only ``path[choice.key]``."""
+        p = path.as_dict() if isinstance(path, Arch) else path
+        for _, c in self.choices():
+            if p[c.key] not in c.candidates:
+                raise ArchError(f"option {p[c.key]!r} is not a candidate of decision {c.key!r}: {c.options}")
+            c.active, c.weights = p[c.key], None
+
+    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Weighted mode: every Choice computes the ``weights[choice.key]``-weighted sum of its options."""
+        for _, c in self.choices():
+            c.weights, c.active = weights[c.key], None
+
+
+def subnet_state_dict(supernet: Supernet, path: Mapping[str, str] | Arch) -> dict[str, torch.Tensor]:
+    """The supernet's weights for a plain network of ``path`` (see the module docstring for the mapping)."""
+    p = path.as_dict() if isinstance(path, Arch) else path
+    prefixes = {name: c for name, c in supernet.choices()}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in supernet.state_dict().items():
+        owner = None
+        for name in prefixes:
+            if k.startswith(name + ".candidates."):
+                if owner is None or len(name) > len(owner):
+                    owner = name
+        if owner is None:
+            out[k] = v
+            continue
+        op, _, rest = k[len(owner) + len(".candidates."):].partition(".")
+        if op == p[prefixes[owner].key]:
+            out[f"{owner}.{rest}"] = v
+    return out
+
+
+class Space(ABC):
+    """A search space: its decisions, supernet, plain-network builder and string format."""
+
+    name: str = ""
+
+    def __init__(self, num_classes: int = 10, input_size: int = 32, **kwargs: Any) -> None:
+        self.num_classes = num_classes
+        self.input_size = input_size
+        if kwargs:
+            raise ArchError(f"space {self.name!r}: unknown option(s) {sorted(kwargs)}")
+
+    @classmethod
+    @abstractmethod
+    def decisions(cls) -> dict[str, list[str]]:
+        """Ordered ``{key: options}`` of the space."""
+
+    @classmethod
+    @abstractmethod
+    def format(cls, arch: Arch) -> str:
+        """The space's canonical string for ``arch``."""
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, s: str) -> Arch:
+        """Parse the canonical string; raise ArchError with what was expected."""
+
+    @classmethod
+    def validate(cls, arch: Arch) -> None:
+        """Raise ArchError unless ``arch`` belongs to this space."""
+        if arch.space != cls.name:
+            raise ArchError(f"architecture is of space {arch.space!r}, not {cls.name!r}")
+        dec = cls.decisions()
+        got = arch.as_dict()
+        if set(got) != set(dec):
+            raise ArchError(f"architecture for space {cls.name!r} must set decisions {sorted(dec)}, got {sorted(got)}")
+        for k, v in got.items():
+            if v not in dec[k]:
+                raise ArchError(f"option {v!r} is not allowed for decision {k!r} of space {cls.name!r}; "
+                                f"expected one of {dec[k]}")
+
+    def sample(self, generator: torch.Generator) -> Arch:
+        """Uniformly random architecture (each decision independently)."""
+        out = {}
+        for k, opts in self.decisions().items():
+            out[k] = opts[int(torch.randint(len(opts), (1,), generator=generator))]
+        return Arch.of(self.name, out)
+
+    def derive(self, weights: Mapping[str, torch.Tensor]) -> Arch:
+        """Discrete architecture from architecture parameters: argmax per decision (spaces may override)."""
+        return Arch.of(self.name, {k: opts[int(torch.as_tensor(weights[k]).argmax())]
+                                   for k, opts in self.decisions().items()})
+
+    @abstractmethod
+    def build_supernet(self) -> Supernet:
+        """A supernet holding every option of every decision."""
+
+    @abstractmethod
+    def build_network(self, arch: Arch) -> nn.Module:
+        """A plain network for ``arch`` (no Choice modules), module paths matching the supernet's."""
+
+    def config(self) -> dict[str, Any]:
+        """Space settings needed to rebuild the same networks (saved with exported architectures)."""
+        return {"name": self.name, "num_classes": self.num_classes, "input_size": self.input_size}
+
+
+SPACES: Registry[type[Space]] = Registry("search space")
+
+
+def register_space(cls: type[Space]) -> type[Space]:
+    """Class decorator: register a Space subclass under ``cls.name``."""
+    SPACES.register(cls.name)(lambda: cls)
+    return cls
+
+
+def get_space_cls(name: str) -> type[Space]:
+    return SPACES.get(name)()
+
+
+def build_space(name: str, **kwargs: Any) -> Space:
+    """Instantiate space ``name`` with its settings (e.g. ``C``, ``N`` for nb201)."""
+    return get_space_cls(name)(**kwargs)
+
+
+@dataclass
+class SpaceConfig:
+    """Typed space settings; ``options`` are passed to the space (e.g. {"C": 8, "N": 1})."""
+
+    name: str = "nb201"
+    options: dict[str, Any] = field(default_factory=dict)

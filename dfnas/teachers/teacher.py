@@ -1,0 +1,89 @@
+"""The frozen ``Teacher`` wrapper: pixels in [0, 1] -> logits, with normalization and identity attached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfnas.errors import TeacherError
+
+
+@dataclass
+class TeacherSpec:
+    """What a teacher expects and where it came from (saved in every manifest)."""
+
+    name: str
+    num_classes: int
+    input_size: int = 32
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    source: str = ""  # file the weights came from
+    sha256: str = ""
+    class_names: list[str] = field(default_factory=list)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "num_classes": self.num_classes, "input_size": self.input_size,
+            "in_channels": self.in_channels, "mean": list(self.mean), "std": list(self.std),
+            "source": self.source, "sha256": self.sha256, "class_names": self.class_names,
+        }
+
+
+class Teacher(nn.Module):
+    """A frozen classifier taking images in [0, 1]; all parameters have ``requires_grad=False``.
+
+    Synthesis needs gradients with respect to the input only; leaving weight gradients off saves the
+    weight-gradient convolutions in every backward pass (see ``benchmarks/synthesis_speed.py``).
+    """
+
+    def __init__(self, model: nn.Module, spec: TeacherSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        c = spec.in_channels
+        if len(spec.mean) != c or len(spec.std) != c:
+            raise TeacherError(f"teacher {spec.name!r}: mean/std need {c} values (one per channel), "
+                               f"got {len(spec.mean)}/{len(spec.std)}")
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, c, 1, 1))
+        self.freeze()
+
+    def freeze(self) -> Teacher:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> Teacher:  # a teacher never leaves eval mode
+        return super().train(False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""
+        return self.model(self.normalize(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (B, D): ``forward_features`` when the model has it, else the logits."""
+        f = getattr(self.model, "forward_features", None)
+        z = self.normalize(x)
+        return f(z) if callable(f) else self.model(z)
+
+    def batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        """BatchNorm layers in forward order (module registration order)."""
+        return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """Logits for a float tensor in [0, 1], in batches."""
+        outs = [self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
