@@ -17,6 +17,7 @@ the chosen option's module itself. So supernet key ``<prefix>.candidates.<op>.<r
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -190,6 +191,24 @@ class Space(ABC):
                 raise ArchError(f"option {v!r} is not allowed for decision {k!r} of space {cls.name!r}; "
                                 f"expected one of {dec[k]}")
 
+    def check(self, arch: Arch) -> None:
+        """Raise ArchError unless ``arch`` fits this space *instance*.
+
+        ``validate`` is a classmethod and can only check what every configuration shares; spaces whose
+        decisions depend on their settings (chain spaces: number of layers, which layers may be skipped)
+        override ``decisions`` per instance, and this compares ``arch`` against those.
+        """
+        self.validate(arch)
+        dec = self.decisions()
+        got = arch.as_dict()
+        if set(got) != set(dec):
+            raise ArchError(f"architecture for this {self.name!r} space ({self.config()}) must set decisions "
+                            f"{sorted(dec)}, got {sorted(got)}")
+        for k, v in got.items():
+            if v not in dec[k]:
+                raise ArchError(f"option {v!r} is not allowed for decision {k!r} of this {self.name!r} space; "
+                                f"expected one of {dec[k]}")
+
     def sample(self, generator: torch.Generator) -> Arch:
         """Uniformly random architecture (each decision independently)."""
         out = {}
@@ -215,6 +234,56 @@ class Space(ABC):
         return {"name": self.name, "num_classes": self.num_classes, "input_size": self.input_size}
 
 
+class ChainSpace(Space):
+    """A space that is a chain of searchable layers: decisions ``layer0 .. layer{n-1}``, in order.
+
+    The number of layers and each layer's options depend on the instance's settings, so ``decisions`` is an
+    instance method here; the classmethods ``validate`` / ``parse`` check what holds for every setting
+    (layer keys contiguous, ops known) and ``Space.check`` compares with one instance.
+    String: the ops joined by ``-``, e.g. ``mb_k3_e6-zero-mb_k5_e3``.
+    """
+
+    ops: tuple[str, ...] = ()  # every op any layer may take, in canonical order
+
+    @staticmethod
+    def layer_key(i: int) -> str:
+        return f"layer{i}"
+
+    @abstractmethod
+    def layer_options(self) -> list[list[str]]:
+        """Options of each searchable layer, in order."""
+
+    def decisions(self) -> dict[str, list[str]]:  # type: ignore[override]
+        return {self.layer_key(i): list(opts) for i, opts in enumerate(self.layer_options())}
+
+    @classmethod
+    def validate(cls, arch: Arch) -> None:
+        if arch.space != cls.name:
+            raise ArchError(f"architecture is of space {arch.space!r}, not {cls.name!r}")
+        got = arch.as_dict()
+        want = [cls.layer_key(i) for i in range(len(got))]
+        if not got or set(got) != set(want):
+            raise ArchError(f"architecture for space {cls.name!r} must set decisions layer0..layer<n-1>, "
+                            f"got {list(got)}")
+        for k, v in got.items():
+            if v not in cls.ops:
+                raise ArchError(f"unknown op {v!r} for {k!r} of space {cls.name!r}; expected one of {list(cls.ops)}")
+
+    @classmethod
+    def format(cls, arch: Arch) -> str:
+        d = arch.as_dict()
+        return "-".join(d[cls.layer_key(i)] for i in range(len(d)))
+
+    @classmethod
+    def parse(cls, s: str) -> Arch:
+        items = [t.strip() for t in s.strip().split("-")]
+        for i, op in enumerate(items):
+            if op not in cls.ops:
+                raise ArchError(f"architecture {s!r}: unknown op {op!r} at layer {i}; expected ops joined by '-', "
+                                f"each one of {list(cls.ops)}")
+        return Arch.of(cls.name, {cls.layer_key(i): op for i, op in enumerate(items)})
+
+
 SPACES: Registry[type[Space]] = Registry("search space")
 
 
@@ -230,7 +299,13 @@ def get_space_cls(name: str) -> type[Space]:
 
 def build_space(name: str, **kwargs: Any) -> Space:
     """Instantiate space ``name`` with its settings (e.g. ``C``, ``N`` for nb201)."""
-    return get_space_cls(name)(**kwargs)
+    cls = get_space_cls(name)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ArchError(f"space {name!r}: unknown option(s) {unknown}; accepted: {sorted(params)}")
+    return cls(**kwargs)
 
 
 @dataclass
