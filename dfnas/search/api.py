@@ -1,0 +1,188 @@
+"""``run_search``: one architecture search on an ImageSet (synthetic or real), written to a run directory.
+
+    OUT/config.json   resolved configuration, seed, split sizes, dataset (incl. teacher identity), environment
+    OUT/log.jsonl     step / epoch / generation records (losses, lr, softmax(alpha), population ...)
+    OUT/checkpoint.pt everything needed to resume (rerun the same command)
+    OUT/arch.json     {"format", "arch": Arch.to_json(), "space": Space.config(), "info"}
+    OUT/arch.txt      the architecture string
+    OUT/result.json   arch, MACs/params, search time; NAS-Bench-201 ground truth when available
+    OUT/progress.png  search curves
+
+Networks consume RGB pixels in [0, 1] (no mean/std normalization; the stem's BatchNorm absorbs it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfnas.config import from_dict, to_dict
+from dfnas.data import ImageSet, open_dataset
+from dfnas.errors import ConfigError
+from dfnas.io import atomic_write_json
+from dfnas.repro import make_generator, resolve_device
+from dfnas.search.base import build_method, get_method_cls
+from dfnas.search.darts import DartsConfig
+from dfnas.search.loop import LoopConfig, LoopContext, run_loop
+from dfnas.search.losses import Criterion
+from dfnas.search.proxyless import ProxylessConfig
+from dfnas.search.report import nb201_ground_truth, plot_progress, write_arch_files
+from dfnas.search.rundir import (
+    dataset_info,
+    prepare_run_dir,
+    resolve_teacher,
+    teacher_identity,
+    with_label_mode,
+)
+from dfnas.search.spos import SposConfig
+from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
+
+# CPU-sized settings per space, used unless the configuration sets them (num_classes / input_size come
+# from the dataset unless set). The papers' sizes are larger: nb201 C=16 N=5; darts C=16 layers=8.
+SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "nb201": {"C": 8, "N": 1},
+    "darts": {"C": 8, "layers": 5},
+    "proxyless": {"width_mult": 0.35, "layers_per_stage": 2},
+    "spos": {"width_mult": 0.25, "layers": [1, 1, 2, 1]},
+}
+# CPU default epochs per method, chosen so that a search on 5,000 images (held_out 0.5, batch 64, nb201 C=8
+# N=1, 32 px) finishes within 30 minutes on 2 shared CPU cores; see benchmarks/results/search_speed.md.
+DEFAULT_EPOCHS: dict[str, int] = {"darts": 10, "proxyless": 30, "spos": 80}
+# loop settings that do not change results (excluded from the resume identity)
+_CADENCE_KEYS = ("checkpoint_every_steps", "log_every_steps")
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs; ``from_dict(SearchConfig, {...})`` rejects unknown keys."""
+
+    method: str = "darts"  # darts | proxyless | spos
+    space: SpaceConfig = field(default_factory=SpaceConfig)  # name + options (see SPACE_DEFAULTS)
+    epochs: int | None = None  # None: the method's CPU default (DEFAULT_EPOCHS)
+    batch_size: int = 64
+    lr: float = 0.025  # SGD on network weights, cosine to lr_min per step (DARTS: 0.025 -> 0.001)
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    held_out: float = 0.5  # fraction of the images held out (architecture steps / candidate scoring)
+    seed: int = 0
+    device: str = "auto"
+    label_mode: str | None = None  # distill | soft | hard; None: the dataset's own
+    temperature: float = 4.0  # distillation temperature
+    augment: bool = True
+    checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends (and SPOS generations) only
+    log_every_steps: int = 10
+    eval_max_batches: int | None = 8  # held-out batches evaluated per epoch (None: all, 0: none)
+    max_steps: int | None = None  # cap on weight steps (quick runs, benchmarks)
+    darts: DartsConfig = field(default_factory=DartsConfig)
+    proxyless: ProxylessConfig = field(default_factory=ProxylessConfig)
+    spos: SposConfig = field(default_factory=SposConfig)
+
+    def check(self) -> None:
+        cls = get_method_cls(self.method)  # ConfigError listing the methods for an unknown name
+        if self.method == "fixed":
+            raise ConfigError("method 'fixed' trains a given architecture: use dfnas.train.train_network")
+        if not 0.0 < self.held_out < 1.0 and cls.needs_held_out:
+            raise ConfigError(f"method {self.method!r} needs a held-out split: held_out must lie in (0, 1), "
+                              f"got {self.held_out}")
+        self.loop().check()
+
+    def resolved_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS.get(self.method, 10)
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(epochs=self.resolved_epochs(), batch_size=self.batch_size, lr=self.lr, lr_min=self.lr_min,
+                          momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay,
+                          grad_clip=self.grad_clip, augment=self.augment,
+                          checkpoint_every_steps=self.checkpoint_every_steps, log_every_steps=self.log_every_steps,
+                          eval_max_batches=self.eval_max_batches, max_steps=self.max_steps)
+
+    def method_options(self) -> Any:
+        return getattr(self, self.method, None)
+
+
+@dataclass
+class SearchResult:
+    arch: Arch
+    space: Space
+    out_dir: Path
+    result: dict[str, Any]
+    model: nn.Module | None = None  # the trained supernet (weights for the found arch: subnet_state_dict)
+
+
+def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = None) -> Space:
+    """Build the space: CPU defaults < configured options; class count and input size from ``ds`` if unset."""
+    sc = space_cfg if isinstance(space_cfg, SpaceConfig) else from_dict(SpaceConfig, dict(space_cfg), "space")
+    opts = {**SPACE_DEFAULTS.get(sc.name, {}), **sc.options}
+    if ds is not None:
+        opts.setdefault("num_classes", ds.num_classes)
+        opts.setdefault("input_size", ds.input_size)
+    return build_space(sc.name, **opts)
+
+
+def run_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path, out: str | Path,
+               device: str | torch.device | None = None, progress: bool = True,
+               table_path: str | Path | None = None, teacher: Any = None,
+               on_step: Callable[[LoopContext], None] | None = None) -> SearchResult:
+    """Search an architecture on ``data`` and write the run directory ``out`` (see the module docstring).
+
+    ``device`` overrides ``cfg.device``; ``teacher`` (a Teacher or a teacher name) enables online
+    distillation on the augmented batches; ``table_path`` points at the NAS-Bench-201 CSV (else the
+    assets settings); ``on_step(ctx)`` is called after every weight step (tests, benchmarks).
+    Rerunning with the same arguments resumes an interrupted search or returns a finished one.
+    """
+    if not isinstance(cfg, SearchConfig):
+        cfg = from_dict(SearchConfig, dict(cfg), "search")
+    cfg.check()
+    dev = resolve_device(device if device is not None else cfg.device)
+    ds = data if isinstance(data, ImageSet) else open_dataset(data)
+    ds = with_label_mode(ds, cfg.label_mode)
+    space = make_space(cfg.space, ds)
+    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip())
+    train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
+    tch = resolve_teacher(teacher, dev, ds)
+
+    loop_cfg = to_dict(cfg.loop())
+    identity = {
+        "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
+        "space": space.config(), "loop": {k: v for k, v in loop_cfg.items() if k not in _CADENCE_KEYS},
+        "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
+        "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
+    }
+    record = {"search": {**to_dict(cfg), "epochs": cfg.resolved_epochs()}, "device": str(dev),
+              "split": {"train": len(train), "held_out": len(held)},
+              "space": space.config(), "dataset": identity["dataset"], "online_teacher": identity["online_teacher"]}
+    out_dir, h = prepare_run_dir(out, identity, record)
+
+    method = build_method(cfg.method, space, cfg.method_options(), make_generator(cfg.seed, "method", cfg.method),
+                          dev)
+    criterion = Criterion(ds.label_mode, cfg.temperature, tch)
+    outcome = run_loop(method, train, held, cfg.loop(), criterion, out_dir, dev, h, cfg.seed, progress=progress,
+                       on_step=on_step, desc=f"search[{cfg.method}/{space.name}]")
+    arch = outcome.arch
+    result = _result(cfg, space, arch, outcome.elapsed_s, outcome.steps, outcome.last_eval, table_path)
+    result.update(outcome.extra)
+    write_arch_files(out_dir, space, arch, {"method": cfg.method, "config_hash": h})
+    atomic_write_json(out_dir / "result.json", result)
+    plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"{cfg.method} on {space.name}: {arch}")
+    return SearchResult(arch, space, out_dir, result, outcome.model)
+
+
+def _result(cfg: SearchConfig, space: Space, arch: Arch, elapsed: float, steps: int, last_eval: dict[str, float],
+            table_path: str | Path | None) -> dict[str, Any]:
+    from dfnas.spaces.flops import space_cost
+
+    gt, note = nb201_ground_truth(space, arch, table_path)
+    return {
+        "arch": arch.to_json(), "arch_str": str(arch), "method": cfg.method, "space": space.config(),
+        **space_cost(space, arch), "search_time_s": round(elapsed, 2), "weight_steps": steps,
+        "epochs": cfg.resolved_epochs(), "final_held_out": last_eval or None,
+        "nb201": gt, "nb201_note": note,
+    }

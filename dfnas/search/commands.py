@@ -1,0 +1,104 @@
+"""Library functions behind ``dfnas search``, ``dfnas train`` and ``dfnas nb201 lookup``.
+
+Each turns command-line style inputs (a YAML file, ``KEY=VALUE`` overrides, flags) into a typed config and
+calls ``run_search`` / ``train_network`` / the NAS-Bench-201 table, so the CLI itself only parses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dfnas.config import apply_overrides, from_dict, load_yaml
+from dfnas.errors import DfnasError
+from dfnas.search.api import SearchConfig, SearchResult, run_search
+from dfnas.search.report import parse_arch_string, read_arch_file
+
+_SPACE_FIELDS = ("name", "options")
+
+
+def _space_overrides(overrides: list[str], nested: bool) -> tuple[list[str], list[str]]:
+    """Split overrides into (space settings, the rest). ``space.C=16`` is shorthand for
+    ``space.options.C=16`` when ``nested``; returned space overrides are relative to the settings."""
+    space, rest = [], []
+    for ov in overrides:
+        key = ov.split("=", 1)[0].strip()
+        if key.startswith("space."):
+            sub = ov[len("space."):].lstrip()
+            field_name = sub.split("=", 1)[0].split(".", 1)[0]
+            if nested and field_name in _SPACE_FIELDS:
+                rest.append(ov)
+            else:
+                space.append(sub)
+        else:
+            rest.append(ov)
+    return space, rest
+
+
+def search_command(out: str | Path, data: str | Path, *, method: str | None = None, space: str | None = None,
+                   epochs: int | None = None, overrides: list[str] | None = None, config: str | Path | None = None,
+                   seed: int | None = None, device: str | None = None, teacher: str | None = None,
+                   table: str | Path | None = None, progress: bool = True) -> SearchResult:
+    """``dfnas search``: config file < flags < ``--set`` overrides, then ``run_search``."""
+    base: dict[str, Any] = load_yaml(config) if config else {}
+    for key, val in (("method", method), ("epochs", epochs), ("seed", seed), ("device", device)):
+        if val is not None:
+            base[key] = val
+    if space is not None:
+        base.setdefault("space", {})
+        if base["space"].get("name") not in (None, space):
+            base["space"] = {}  # options of another space do not apply
+        base["space"]["name"] = space
+    space_ovs, rest = _space_overrides(list(overrides or []), nested=True)
+    data_cfg = apply_overrides(base, rest)
+    if space_ovs:
+        data_cfg.setdefault("space", {})
+        data_cfg["space"]["options"] = apply_overrides(data_cfg["space"].get("options", {}) or {}, space_ovs)
+    cfg = from_dict(SearchConfig, data_cfg, "search")
+    return run_search(cfg, data, out, device=None, progress=progress, table_path=table, teacher=teacher)
+
+
+def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: str | Path | None = None,
+                  epochs: int | None = None, overrides: list[str] | None = None, config: str | Path | None = None,
+                  seed: int | None = None, device: str | None = None, teacher: str | None = None,
+                  table: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """``dfnas train``: the arch file's space settings (``--set space.C=16`` overrides them) and a TrainConfig."""
+    from dfnas.train import TrainConfig, train_network
+
+    p = Path(arch)
+    if p.exists():
+        a, space_cfg = read_arch_file(p)
+    else:
+        a, space_cfg = parse_arch_string(str(arch)), None
+    space_cfg = dict(space_cfg or {"name": a.space})
+    base: dict[str, Any] = load_yaml(config) if config else {}
+    for key, val in (("epochs", epochs), ("seed", seed), ("device", device)):
+        if val is not None:
+            base[key] = val
+    space_ovs, rest = _space_overrides(list(overrides or []), nested=False)
+    space_cfg = apply_overrides(space_cfg, space_ovs)
+    cfg = from_dict(TrainConfig, apply_overrides(base, rest), "train")
+    return train_network(cfg, a, space_cfg, data, out, test_data=test, progress=progress, teacher=teacher,
+                         table_path=table)
+
+
+def nb201_lookup(arch: str | Path, table: str | Path | None = None) -> dict[str, Any]:
+    """NAS-Bench-201 ground truth of an architecture string, or of the arch in an arch.json/result.json."""
+    from dfnas.spaces.nb201_table import NB201Table
+
+    p = Path(str(arch))
+    if p.suffix.lower() == ".json" and not p.is_file():
+        raise DfnasError(f"architecture file {str(p)!r} does not exist")
+    if p.suffix.lower() == ".json":
+        from dfnas.io import read_json
+
+        obj = read_json(p, what="architecture file")
+        if isinstance(obj, dict) and "arch_str" in obj:  # result.json
+            a = parse_arch_string(str(obj["arch_str"]))
+        else:
+            a, _ = read_arch_file(p)
+    else:
+        a = parse_arch_string(str(arch), "nb201")
+    if a.space != "nb201":
+        raise DfnasError(f"NAS-Bench-201 ground truth exists only for nb201 architectures, not {a.space!r}")
+    return NB201Table.load(table).lookup(a)

@@ -1,0 +1,181 @@
+"""DARTS (Liu et al., ICLR 2019): continuous relaxation, softmax(alpha)-weighted sum of every option.
+
+Weight step: every Choice computes sum_i softmax(alpha)_i * op_i(x) (alpha fixed). Architecture step, on a
+held-out batch, before each weight step, with Adam(3e-4, betas (0.5, 0.999), weight decay 1e-3):
+- first order: d L_val(w, alpha) / d alpha;
+- second order: d L_val(w', alpha) / d alpha with the unrolled weights w' = w - xi (m + dL_train/dw + wd w)
+  (xi = the current weight learning rate, m = the SGD momentum buffer), whose implicit term
+  -xi * d2 L_train / (d alpha d w) . dL_val/dw' is a finite-difference Hessian-vector product:
+  (dL_train(w+)/d alpha - dL_train(w-)/d alpha) / (2 eps), w+- = w +- eps v, eps = r / ||v||.
+Derivation: ``space.derive(softmax weights)`` (argmax per decision; top-2 edges in the DARTS space).
+
+Collapse remedies (DARTS drifts to parameter-free ops, ending at all-skip cells on NAS-Bench-201):
+- ``beta`` (beta-DARTS, Ye et al., CVPR 2022): add lambda * mean_k logsumexp(alpha_k) to the architecture
+  loss, lambda rising linearly from 0 to ``beta_lambda`` over the search (their NB201 code reaches ~25);
+- ``sdarts_rs`` (SDARTS-RS, Chen & Hsieh, ICML 2020): in weight steps add U(-eps, eps) noise to the softmax
+  weights (clipped to [0, 1], renormalized), eps rising linearly from ``sdarts_eps_min`` to ``sdarts_eps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from dfnas.errors import ConfigError
+from dfnas.search.base import AlphaMethod, Batch, register_method
+from dfnas.search.loop import LoopContext
+
+REMEDIES = ("none", "beta", "sdarts_rs")
+
+
+@dataclass
+class DartsConfig:
+    order: Literal["first", "second"] = "first"
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    init_std: float = 1e-3  # alpha ~ N(0, init_std^2)
+    remedy: Literal["none", "beta", "sdarts_rs"] = "none"
+    beta_lambda: float = 25.0  # final weight of the beta-decay term (linear ramp from 0)
+    sdarts_eps_min: float = 0.03
+    sdarts_eps: float = 0.3  # final noise amplitude on softmax weights
+    hessian_r: float = 0.01  # finite-difference step: eps = hessian_r / ||dL_val/dw'||
+    warmup_epochs: int = 0  # weight-only epochs before architecture steps start
+
+    def __post_init__(self) -> None:
+        if self.remedy not in REMEDIES:
+            raise ConfigError(f"darts.remedy {self.remedy!r} is not one of {list(REMEDIES)}")
+        if self.order not in ("first", "second"):
+            raise ConfigError(f"darts.order must be 'first' or 'second', got {self.order!r}")
+
+
+@register_method
+class DartsMethod(AlphaMethod):
+    name = "darts"
+    config_cls = DartsConfig
+    needs_held_out = True
+
+    def setup(self, ctx: LoopContext) -> None:
+        o: DartsConfig = self.options
+        self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=o.arch_lr, betas=tuple(o.arch_betas),
+                                         weight_decay=o.arch_weight_decay)
+
+    def _progress(self, ctx: LoopContext) -> float:
+        return min(1.0, ctx.step / max(1, ctx.total_steps))
+
+    def _weights(self, grad: bool) -> dict[str, torch.Tensor]:
+        return {k: torch.softmax(a if grad else a.detach(), 0) for k, a in self.alphas.items()}
+
+    def _regularizer(self, ctx: LoopContext) -> torch.Tensor | None:
+        if self.options.remedy != "beta":
+            return None
+        # beta-decay: mean over decisions of logsumexp(alpha_k), weight ramping linearly with progress
+        lam = self.options.beta_lambda * self._progress(ctx)
+        return lam * torch.stack([torch.logsumexp(a, 0) for a in self.alphas.values()]).mean()
+
+    def wants_arch_step(self, ctx: LoopContext) -> bool:
+        return ctx.epoch >= self.options.warmup_epochs
+
+    def _loss(self, ctx: LoopContext, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return ctx.criterion(ctx.model(x), x, y)
+
+    def arch_step(self, ctx: LoopContext, held_out: Batch, train: Batch) -> dict[str, float]:
+        ctx.model.train()
+        alphas = self.arch_parameters()
+        if self.options.order == "second":
+            grads, val_loss = self._second_order_grads(ctx, held_out, train)
+        else:
+            ctx.model.set_weights(self._weights(grad=True))
+            val_loss = self._loss(ctx, held_out)
+            reg = self._regularizer(ctx)
+            total = val_loss if reg is None else val_loss + reg
+            # autograd.grad (not backward) leaves the network weights' .grad untouched
+            grads = list(torch.autograd.grad(total, alphas))
+        for a, g in zip(alphas, grads, strict=True):
+            a.grad = g
+        self.arch_opt.step()
+        self.arch_opt.zero_grad(set_to_none=True)
+        return {"arch_loss": float(val_loss.detach())}
+
+    def _second_order_grads(self, ctx: LoopContext, held_out: Batch, train: Batch
+                            ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        model, opt = ctx.model, ctx.optimizer
+        alphas = self.arch_parameters()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        xi = ctx.lr
+        mom = opt.param_groups[0]["momentum"]
+        wd = opt.param_groups[0]["weight_decay"]
+        w0 = [p.detach().clone() for p in params]
+        # the extra forwards must not change BN running statistics: restore all buffers afterwards
+        bufs = [b.detach().clone() for b in model.buffers()]
+
+        def grads_of(loss: torch.Tensor, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
+            gs = torch.autograd.grad(loss, wrt, allow_unused=True)
+            return [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, gs, strict=True)]
+
+        # 1) unrolled weights w' = w - xi * (momentum * buf + dL_train/dw + wd * w), alpha held fixed
+        model.set_weights(self._weights(grad=False))
+        g_train = grads_of(self._loss(ctx, train), params)
+        with torch.no_grad():
+            for p, g in zip(params, g_train, strict=True):
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                step = g + wd * p if buf is None else mom * buf + g + wd * p
+                p.sub_(xi * step)
+        # 2) validation loss at w': gradients w.r.t. alpha (direct term) and w' (vector v)
+        model.set_weights(self._weights(grad=True))
+        val_loss = self._loss(ctx, held_out)
+        reg = self._regularizer(ctx)
+        g_all = grads_of(val_loss if reg is None else val_loss + reg, alphas + params)
+        d_alpha, v = g_all[:len(alphas)], g_all[len(alphas):]
+        # 3) finite-difference Hessian-vector product around the original w
+        norm = torch.sqrt(sum((t * t).sum() for t in v))
+        eps = self.options.hessian_r / max(float(norm), 1e-12)
+        hv: list[list[torch.Tensor]] = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, p0, t in zip(params, w0, v, strict=True):
+                    p.copy_(p0 + sign * eps * t)
+            model.set_weights(self._weights(grad=True))  # a fresh softmax graph for each backward
+            hv.append(grads_of(self._loss(ctx, train), alphas))
+        with torch.no_grad():
+            for p, p0 in zip(params, w0, strict=True):
+                p.copy_(p0)
+            for b, b0 in zip(model.buffers(), bufs, strict=True):
+                b.copy_(b0)
+        grads = [da - xi * (gp - gn) / (2 * eps) for da, gp, gn in zip(d_alpha, hv[0], hv[1], strict=True)]
+        return grads, val_loss
+
+    def before_weight_step(self, ctx: LoopContext) -> None:
+        w = self._weights(grad=False)
+        if self.options.remedy == "sdarts_rs":
+            o = self.options
+            eps = o.sdarts_eps_min + (o.sdarts_eps - o.sdarts_eps_min) * self._progress(ctx)
+            w = {k: self._perturb(p, eps) for k, p in w.items()}
+        ctx.model.set_weights(w)
+
+    def _perturb(self, p: torch.Tensor, eps: float) -> torch.Tensor:
+        """softmax weights (n,) + U(-eps, eps), clipped to [0, 1] and renormalized (argmax kept if all 0)."""
+        noise = (torch.rand(p.shape, generator=self.generator) * 2 - 1) * eps  # drawn on CPU, reproducible
+        q = (p + noise.to(p.device)).clamp(0.0, 1.0)
+        if float(q.sum()) == 0.0:
+            q = torch.zeros_like(q)
+            q[int(p.argmax())] = 1.0
+        return q / q.sum()
+
+    def prepare_eval(self, ctx: LoopContext) -> bool:
+        ctx.model.set_weights(self._weights(grad=False))
+        return True
+
+    def epoch_end(self, ctx: LoopContext) -> dict[str, Any]:
+        return self.alpha_record()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "arch_opt": self.arch_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.arch_opt.load_state_dict(state["arch_opt"])
+

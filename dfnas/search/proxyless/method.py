@@ -1,0 +1,174 @@
+"""ProxylessNAS (Cai et al., ICLR 2019): binarized paths, memory of one path per weight step.
+
+Weight step: per decision, one option is sampled from softmax(alpha); only that path runs.
+Architecture step (held-out batch), the paper's two-path mode:
+1. per decision sample two distinct options {i, j} from multinomial(softmax(alpha)), then one of the two as
+   active with probabilities p = softmax(alpha_{i,j}) renormalized over the pair;
+2. run the supernet with one-hot gates g (1 on the active option) that require grad: ``Choice.weights = g``
+   gives dL/dg for every option's output while the output equals the active path's;
+3. BinaryConnect-style estimator over the pair: dL/dalpha_a = sum_b dL/dg_b p_b (delta_ab - p_a);
+4. Adam step on alpha, then shift alpha_{i,j} by -log(sum_pair exp(new) / sum_pair exp(old)) so the
+   options that were not sampled keep their probability.
+Optional hardware term on the expected MACs E = base + sum_k softmax(alpha_k) . cost_k (differentiable):
+``mul``: L * (E / target)^beta;  ``mul_log``: L * (log E / log target)^beta (the paper's code);
+``add``: L + lambda * (E - target) / target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from dfnas.errors import ConfigError
+from dfnas.search.base import AlphaMethod, Batch, register_method
+from dfnas.search.loop import LoopContext
+from dfnas.spaces.base import Arch
+
+FLOPS_LOSSES = ("none", "mul", "mul_log", "add")
+
+
+@dataclass
+class ProxylessConfig:
+    arch_lr: float = 1e-3  # paper: Adam lr 1e-3, betas (0, 0.999), eps 1e-8, no weight decay
+    arch_betas: tuple[float, float] = (0.0, 0.999)
+    arch_eps: float = 1e-8
+    arch_weight_decay: float = 0.0
+    init_std: float = 1e-3
+    update_arch_every: int = 1  # paper: every 5 weight steps over 120 epochs; short searches update every step
+    warmup_epochs: int = 0  # weight-only epochs first (paper: 40 of 120)
+    flops_loss: Literal["none", "mul", "mul_log", "add"] = "none"
+    target_macs: float | None = None  # reference MACs of the hardware term (needed unless flops_loss: none)
+    flops_beta: float = 0.3  # exponent of the multiplicative terms
+    flops_lambda: float = 0.1  # weight of the additive term
+
+    def __post_init__(self) -> None:
+        if self.flops_loss not in FLOPS_LOSSES:
+            raise ConfigError(f"proxyless.flops_loss {self.flops_loss!r} is not one of {list(FLOPS_LOSSES)}")
+        if self.flops_loss != "none" and (self.target_macs is None or self.target_macs <= 1):
+            raise ConfigError(f"proxyless.flops_loss {self.flops_loss!r} needs proxyless.target_macs > 1 "
+                              f"(the reference MACs), got {self.target_macs}")
+        if self.update_arch_every < 1:
+            raise ConfigError(f"proxyless.update_arch_every must be >= 1, got {self.update_arch_every}")
+
+
+def binary_gate_alpha_grad(gate_grad: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """dL/dalpha over a sampled subset: ``gate_grad`` dL/dg (m,), ``probs`` softmax over the subset (m,).
+
+    Returns (m,): sum_b gate_grad_b * p_b * (delta_ab - p_a).
+    """
+    jac = torch.diag(probs) - probs[:, None] * probs[None, :]  # (m, m): p_b (delta_ab - p_a), symmetric
+    return jac @ gate_grad
+
+
+@register_method
+class ProxylessMethod(AlphaMethod):
+    name = "proxyless"
+    config_cls = ProxylessConfig
+    needs_held_out = True
+
+    def setup(self, ctx: LoopContext) -> None:
+        o: ProxylessConfig = self.options
+        self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=o.arch_lr, betas=tuple(o.arch_betas),
+                                         eps=o.arch_eps, weight_decay=o.arch_weight_decay)
+        self.base_macs = 0.0
+        self.costs: dict[str, torch.Tensor] = {}
+        from dfnas.spaces.flops import cost_tables
+
+        base, costs = cost_tables(self.space)
+        self.base_macs = float(base)
+        self.costs = {k: c.to(self.device) for k, c in costs.items()}
+
+    def expected_macs(self, grad: bool = False) -> torch.Tensor:
+        """E[MACs] under softmax(alpha) (0-d tensor; differentiable in alpha when ``grad``)."""
+        from dfnas.spaces.flops import expected_macs
+
+        probs = {k: torch.softmax(a if grad else a.detach(), 0) for k, a in self.alphas.items()}
+        return expected_macs(self.base_macs, self.costs, probs)
+
+    def _hardware_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        o: ProxylessConfig = self.options
+        if o.flops_loss == "none":
+            return loss
+        e = self.expected_macs(grad=True)
+        t = float(o.target_macs)  # type: ignore[arg-type]
+        if o.flops_loss == "mul":
+            return loss * (e / t) ** o.flops_beta
+        if o.flops_loss == "mul_log":
+            return loss * (torch.log(e) / math.log(t)) ** o.flops_beta
+        return loss + o.flops_lambda * (e - t) / t
+
+    def _sample_index(self, probs: torch.Tensor, n: int) -> torch.Tensor:
+        # multinomial on CPU with the method's generator: reproducible and device independent
+        return torch.multinomial(probs.detach().cpu().double(), n, replacement=False, generator=self.generator)
+
+    def sample_path(self) -> Arch:
+        """One option per decision drawn from softmax(alpha)."""
+        dec = self.space.decisions()
+        path = {}
+        for k in self.keys:
+            i = int(self._sample_index(torch.softmax(self.alphas[k].detach(), 0), 1))
+            path[k] = dec[k][i]
+        return Arch.of(self.space.name, path)
+
+    def wants_arch_step(self, ctx: LoopContext) -> bool:
+        o = self.options
+        return ctx.epoch >= o.warmup_epochs and (ctx.step + 1) % o.update_arch_every == 0
+
+    def arch_step(self, ctx: LoopContext, held_out: Batch, train: Batch) -> dict[str, float]:
+        ctx.model.train()
+        pairs: dict[str, torch.Tensor] = {}
+        gates: dict[str, torch.Tensor] = {}
+        for k in self.keys:
+            a = self.alphas[k].detach()
+            pair = self._sample_index(torch.softmax(a, 0), 2)  # (2,) distinct option indices
+            p2 = torch.softmax(a[pair.to(a.device)], 0)
+            active = pair[int(self._sample_index(p2, 1))]
+            g = torch.zeros(len(a), device=self.device)
+            g[int(active)] = 1.0
+            pairs[k], gates[k] = pair.to(self.device), g.requires_grad_(True)
+        ctx.model.set_weights(gates)
+        x, y = held_out
+        ce = ctx.criterion(ctx.model(x), x, y)
+        loss = self._hardware_loss(ce)
+        gate_list = [gates[k] for k in self.keys]
+        direct = self.options.flops_loss != "none"
+        wrt = gate_list + (self.arch_parameters() if direct else [])
+        grads = torch.autograd.grad(loss, wrt)
+        old_lse = {}
+        for i, k in enumerate(self.keys):
+            pair, a = pairs[k], self.alphas[k]
+            g_alpha = grads[len(self.keys) + i].clone() if direct else torch.zeros_like(a)
+            p2 = torch.softmax(a.detach()[pair], 0)
+            g_alpha[pair] += binary_gate_alpha_grad(grads[i][pair], p2)
+            a.grad = g_alpha
+            old_lse[k] = torch.logsumexp(a.detach()[pair], 0)
+        self.arch_opt.step()
+        self.arch_opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # keep the unsampled options' probabilities: restore the pair's total mass
+            for k in self.keys:
+                pair, a = pairs[k], self.alphas[k]
+                a[pair] -= torch.logsumexp(a[pair], 0) - old_lse[k]
+        rec = {"arch_loss": float(ce.detach())}
+        if direct:
+            rec["expected_macs"] = float(self.expected_macs())
+        return rec
+
+    def before_weight_step(self, ctx: LoopContext) -> None:
+        ctx.model.set_path(self.sample_path())
+
+    def prepare_eval(self, ctx: LoopContext) -> bool:
+        ctx.model.set_path(self.current_arch())
+        return True
+
+    def epoch_end(self, ctx: LoopContext) -> dict[str, Any]:
+        return {**self.alpha_record(), "expected_macs": float(self.expected_macs())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "arch_opt": self.arch_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.arch_opt.load_state_dict(state["arch_opt"])

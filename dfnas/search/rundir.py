@@ -1,0 +1,113 @@
+"""Run-directory bookkeeping shared by ``run_search`` and ``train_network``.
+
+A run directory is identified by a hash of everything that changes its results (settings, space, data
+fingerprint, teacher). Rerunning the same command in the same directory resumes; a different
+configuration is refused with the list of settings that differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfnas.data.imageset import ImageSet
+from dfnas.errors import DataError, DfnasError
+from dfnas.io import atomic_write_json, config_hash, ensure_writable_dir, environment_info, read_json
+
+
+def fingerprint(ds: ImageSet) -> str:
+    """SHA-256 (16 hex digits) of the images, targets and stored logits: identifies the data exactly."""
+    h = hashlib.sha256()
+    for t in (ds.images, ds.targets, ds.logits):
+        if t is not None:
+            h.update(str(tuple(t.shape)).encode())
+            h.update(np.ascontiguousarray(t.numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_info(ds: ImageSet) -> dict[str, Any]:
+    """What a run records about its dataset, including the teacher that labelled synthetic data."""
+    return {
+        "source": ds.info.get("source"), "kind": ds.info.get("kind"), "n": len(ds),
+        "num_classes": ds.num_classes, "input_size": ds.input_size, "image_shape": list(ds.images.shape[1:]),
+        "label_mode": ds.label_mode, "teacher": ds.info.get("teacher"),
+        "dataset_config_hash": ds.info.get("config_hash"),
+        "fingerprint": fingerprint(ds),
+    }
+
+
+def with_label_mode(ds: ImageSet, label_mode: str | None) -> ImageSet:
+    """``ds`` supervised by ``label_mode`` (None keeps the dataset's own); DataError if impossible."""
+    if label_mode is None or label_mode == ds.label_mode:
+        return ds
+    return dataclasses.replace(ds, label_mode=label_mode)  # re-validates: 'distill' needs stored logits
+
+
+def resolve_teacher(teacher: Any, device: torch.device, ds: ImageSet) -> Any:
+    """None, a loaded ``Teacher``, or a teacher name/file loaded with ``load_teacher``; checked against ``ds``."""
+    if teacher is None:
+        return None
+    if isinstance(teacher, str):
+        from dfnas.teachers import load_teacher
+
+        teacher = load_teacher(teacher, device=device)
+    else:
+        teacher = teacher.to(device)
+    k = getattr(teacher, "num_classes", None)
+    if k is not None and k != ds.num_classes:
+        raise DataError(f"online teacher has {k} classes but the dataset has {ds.num_classes}")
+    return teacher
+
+
+def teacher_identity(teacher: Any) -> dict[str, Any] | None:
+    spec = getattr(teacher, "spec", None)
+    if teacher is None:
+        return None
+    return spec.identity() if spec is not None else {"class": type(teacher).__name__}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def prepare_run_dir(out: str | Path, identity: dict[str, Any], record: dict[str, Any]) -> tuple[Path, str]:
+    """Create ``out``, check it holds no run of another configuration, write ``config.json``; return
+    (directory, configuration hash)."""
+    out_dir = ensure_writable_dir(out)
+    identity = json_default_free(identity)
+    h = config_hash(identity)
+    cfg_path = out_dir / "config.json"
+    if cfg_path.exists():
+        old = read_json(cfg_path, what="run configuration")
+        if old.get("config_hash") != h:
+            a, b = _flatten(old.get("identity", {})), _flatten(identity)
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
+            raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}"
+                             f"{', ...' if len(diff) > 6 else ''}); rerun with the same settings to resume it, "
+                             "or choose another --out")
+        return out_dir, h
+    atomic_write_json(cfg_path, {**record, "identity": identity, "config_hash": h, "environment": environment_info()})
+    return out_dir, h
+
+
+def json_default_free(obj: Any) -> Any:
+    """Tuples -> lists recursively (so identities compare equal after a JSON round trip)."""
+    if isinstance(obj, dict):
+        return {str(k): json_default_free(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_default_free(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+

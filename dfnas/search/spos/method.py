@@ -1,0 +1,125 @@
+"""Single Path One-Shot (Guo et al., ECCV 2020): uniform single-path supernet training, then evolution.
+
+Weight step: a path drawn uniformly (each decision independently) from the method's generator. No
+architecture parameters, no architecture steps. After training, ``finalize`` runs the constrained
+evolutionary search of ``evolution.py``, scoring each candidate by top-1 accuracy on (a part of) the
+held-out split, against the dataset's hard labels or the argmax of the stored teacher logits, after
+recalibrating BatchNorm statistics for that path on a fixed set of training batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dfnas.config import to_dict
+from dfnas.data.imageset import iterate_batches
+from dfnas.errors import ConfigError
+from dfnas.repro import make_generator
+from dfnas.search.base import SearchMethod, register_method
+from dfnas.search.bn import recalibrate_bn
+from dfnas.search.loop import LoopContext
+from dfnas.search.spos.evolution import Evolution, EvolutionConfig
+from dfnas.spaces.base import Arch
+
+
+@dataclass
+class SposConfig:
+    population: int = 16  # paper: 50
+    top_k: int = 5  # paper: 10
+    generations: int = 6  # paper: 20
+    mutation_prob: float = 0.1
+    max_macs: float | None = None  # MACs constraint of the evolution (None: unconstrained)
+    max_tries: int = 200
+    bn_batches: int = 4  # training batches (of batch_size) forwarded to recalibrate BN per candidate
+    eval_batches: int | None = 4  # held-out batches (of eval_batch_size) scoring each candidate; None: all
+
+    def __post_init__(self) -> None:
+        if self.bn_batches < 1:
+            raise ConfigError(f"spos.bn_batches must be >= 1, got {self.bn_batches}")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ConfigError(f"spos.eval_batches must be >= 1 or null, got {self.eval_batches}")
+
+    def evolution(self) -> EvolutionConfig:
+        return EvolutionConfig(self.population, self.top_k, self.generations, self.mutation_prob, self.max_macs,
+                               self.max_tries)
+
+
+@register_method
+class SposMethod(SearchMethod):
+    name = "spos"
+    config_cls = SposConfig
+    needs_held_out = True  # candidates are scored on the held-out split
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options.evolution()  # validate the evolution settings before any training
+        self._evo_state: dict[str, Any] | None = None
+
+    def before_weight_step(self, ctx: LoopContext) -> None:
+        ctx.model.set_path(self.space.sample(self.generator))
+
+    def prepare_eval(self, ctx: LoopContext) -> bool:
+        return False  # no single architecture to evaluate during supernet training
+
+    def _macs_tables(self) -> tuple[float, dict[str, torch.Tensor]]:
+        from dfnas.spaces.flops import cost_tables
+
+        base, costs = cost_tables(self.space)
+        return float(base), costs
+
+    def make_evolution(self, ctx: LoopContext) -> Evolution:
+        from dfnas.spaces.flops import arch_macs
+
+        base, costs = self._macs_tables()
+        min_cost = base + sum(float(c.min()) for c in costs.values())
+        evo = Evolution(self.space, self.options.evolution(), make_generator(ctx.seed, "spos", "evolution"),
+                        cost=lambda a: arch_macs(base, costs, self.space, a), min_cost=min_cost)
+        if self._evo_state is not None:
+            evo.load_state_dict(self._evo_state)
+        return evo
+
+    def finalize(self, ctx: LoopContext) -> Arch:
+        assert ctx.held_out is not None
+        o: SposConfig = self.options
+        bs = min(ctx.cfg.batch_size, len(ctx.train))
+        # a fixed set of centre-cropped training batches, the same for every candidate (fair comparison)
+        g_bn = make_generator(ctx.seed, "spos", "bn-batches")
+        bn_batches = [x for x, _ in itertools.islice(
+            iterate_batches(ctx.train, bs, g_bn, augment=False, device=ctx.device), o.bn_batches)]
+        eval_batches = list(itertools.islice(
+            iterate_batches(ctx.held_out, ctx.cfg.eval_batch_size, None, augment=False, device=ctx.device),
+            o.eval_batches))
+        model = ctx.model
+
+        @torch.no_grad()
+        def score(arch: Arch) -> float:
+            model.set_path(arch)
+            recalibrate_bn(model, bn_batches)
+            correct = n = 0
+            for x, y in eval_batches:
+                correct += int((model(x).argmax(1) == ctx.criterion.classes(y)).sum())
+                n += len(x)
+            return 100.0 * correct / max(n, 1)
+
+        evo = self.make_evolution(ctx)
+
+        def on_generation(rec: dict[str, Any]) -> None:
+            ctx.logger.log(rec, step=rec["generation"])
+            self._evo_state = evo.state_dict()
+            ctx.save_checkpoint()  # a kill during evolution resumes at the next generation
+
+        best = evo.run(score, on_generation)
+        ctx.extra["spos"] = {"best_score": evo.scores[best], "evaluated": len(evo.scores),
+                             "evolution": to_dict(o.evolution())}
+        return best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "evolution": self._evo_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._evo_state = state.get("evolution")

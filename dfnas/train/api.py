@@ -1,0 +1,170 @@
+"""Train a found architecture from scratch with the search loop (method ``fixed``), and evaluate it.
+
+Data-free: distillation on a synthetic set (its stored teacher logits, or an online teacher). Baseline:
+hard labels of a real set. The run directory holds config.json, log.jsonl, checkpoint.pt (resumable: rerun
+the same command), model.pt (the plain network's state dict) and result.json (top-1 on real test images
+when given, MACs/params, time). Networks consume RGB pixels in [0, 1].
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfnas.config import from_dict, to_dict
+from dfnas.data import ImageSet, open_dataset
+from dfnas.data.imageset import iterate_batches
+from dfnas.errors import ConfigError
+from dfnas.io import atomic_torch_save, atomic_write_json
+from dfnas.repro import make_generator, resolve_device
+from dfnas.search.base import build_method
+from dfnas.search.fixed import FixedConfig
+from dfnas.search.loop import LoopConfig, LoopContext, run_loop
+from dfnas.search.losses import Criterion
+from dfnas.search.report import nb201_ground_truth, plot_progress
+from dfnas.search.rundir import dataset_info, prepare_run_dir, resolve_teacher, teacher_identity, with_label_mode
+from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
+
+
+@dataclass
+class TrainConfig:
+    """Settings of training a fixed network from scratch; ``from_dict`` rejects unknown keys."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    grad_clip: float = 5.0
+    held_out: float = 0.0  # fraction kept aside to monitor generalization (0: train on everything)
+    seed: int = 0
+    device: str = "auto"
+    label_mode: str | None = None  # distill | soft | hard; None: the dataset's own
+    temperature: float = 4.0
+    augment: bool = True
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 20
+    eval_max_batches: int | None = None  # held-out batches evaluated per epoch (None: all)
+    eval_batch_size: int = 256
+    max_steps: int | None = None
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_min=self.lr_min,
+                          momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay,
+                          grad_clip=self.grad_clip, augment=self.augment,
+                          checkpoint_every_steps=self.checkpoint_every_steps, log_every_steps=self.log_every_steps,
+                          eval_max_batches=self.eval_max_batches, eval_batch_size=self.eval_batch_size,
+                          max_steps=self.max_steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, imageset: ImageSet, device: str | torch.device = "cpu", batch_size: int = 256,
+             max_batches: int | None = None) -> float:
+    """Top-1 accuracy (percent) of ``model`` on centre crops of ``imageset`` against its hard labels
+    (``targets.argmax``: the true class for real data), in eval mode."""
+    dev = torch.device(device)
+    was = model.training
+    model.eval()
+    labels = imageset.hard_labels
+    correct = n = 0
+    batches = iterate_batches(imageset, batch_size, None, augment=False, device=dev)
+    for i, (x, _) in enumerate(itertools.islice(batches, max_batches)):
+        y = labels[i * batch_size:i * batch_size + len(x)].to(dev)  # unshuffled: batch i covers rows i*B ...
+        correct += int((model(x).argmax(1) == y).sum())
+        n += len(x)
+    model.train(was)
+    return 100.0 * correct / max(n, 1)
+
+
+def resolve_space(space_cfg: Space | SpaceConfig | Mapping[str, Any], ds: ImageSet | None = None) -> Space:
+    """A Space from a Space, a ``SpaceConfig`` / {"name", "options"}, or ``Space.config()`` output
+    ({"name", "C", ...} as saved in arch.json); class count and input size default to the dataset's."""
+    if isinstance(space_cfg, Space):
+        return space_cfg
+    if isinstance(space_cfg, SpaceConfig):
+        name, opts = space_cfg.name, dict(space_cfg.options)
+    elif isinstance(space_cfg, Mapping) and "options" in space_cfg:
+        sc = from_dict(SpaceConfig, dict(space_cfg), "space")
+        name, opts = sc.name, dict(sc.options)
+    elif isinstance(space_cfg, Mapping) and "name" in space_cfg:
+        opts = {k: v for k, v in space_cfg.items() if k != "name"}
+        name = str(space_cfg["name"])
+    else:
+        raise ConfigError(f"space settings must name the space, got {space_cfg!r}")
+    if ds is not None:
+        opts.setdefault("num_classes", ds.num_classes)
+        opts.setdefault("input_size", ds.input_size)
+    return build_space(name, **opts)
+
+
+def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: Space | SpaceConfig | Mapping[str, Any],
+                  data: ImageSet | str | Path, out: str | Path, device: str | torch.device | None = None,
+                  test_data: ImageSet | str | Path | None = None, progress: bool = True, teacher: Any = None,
+                  table_path: str | Path | None = None,
+                  on_step: Callable[[LoopContext], None] | None = None) -> dict[str, Any]:
+    """Train the plain network of ``arch`` from scratch on ``data``; return (and write) result.json's dict.
+
+    ``space_cfg`` gives the space settings (e.g. the arch.json ``space`` entry, possibly with a larger C);
+    ``test_data`` (ImageSet or path) is evaluated at the end (top-1 %, key ``test_top1``); ``teacher``
+    enables online distillation. Rerunning with the same arguments resumes or returns the finished run.
+    """
+    if not isinstance(cfg, TrainConfig):
+        cfg = from_dict(TrainConfig, dict(cfg), "train")
+    if not 0.0 <= cfg.held_out < 1.0:
+        raise ConfigError(f"held_out must lie in [0, 1), got {cfg.held_out}")
+    cfg.loop().check()
+    dev = resolve_device(device if device is not None else cfg.device)
+    ds = data if isinstance(data, ImageSet) else open_dataset(data)
+    ds = with_label_mode(ds, cfg.label_mode)
+    space = resolve_space(space_cfg, ds)
+    getattr(space, "check", space.validate)(arch)  # ArchError: the architecture is not of this space
+    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip())
+    test = None
+    if test_data is not None:
+        test = test_data if isinstance(test_data, ImageSet) else open_dataset(test_data)
+        test.check_compatible(space.num_classes, space.input_size, what="test set")
+    if cfg.held_out > 0:
+        train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "train", "split"))
+    else:
+        train, held = ds, None
+    tch = resolve_teacher(teacher, dev, ds)
+    loop_cfg = to_dict(cfg.loop())
+    identity = {
+        "kind": "train", "arch": str(arch), "space": space.config(),
+        "loop": {k: v for k, v in loop_cfg.items() if k not in ("checkpoint_every_steps", "log_every_steps")},
+        "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
+        "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
+    }
+    record = {"train": to_dict(cfg), "arch": arch.to_json(), "device": str(dev),
+              "split": {"train": len(train), "held_out": len(held) if held is not None else 0},
+              "test_set": dataset_info(test) if test is not None else None, **{k: identity[k] for k in
+                                                                              ("space", "dataset", "online_teacher")}}
+    out_dir, h = prepare_run_dir(out, identity, record)
+    method = build_method("fixed", space, FixedConfig(arch), make_generator(cfg.seed, "method", "fixed"), dev)
+    criterion = Criterion(ds.label_mode, cfg.temperature, tch)
+    outcome = run_loop(method, train, held, cfg.loop(), criterion, out_dir, dev, h, cfg.seed, progress=progress,
+                       on_step=on_step, desc=f"train[{space.name}]")
+    model = outcome.model
+    atomic_torch_save(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    from dfnas.spaces.flops import space_cost
+
+    gt, note = nb201_ground_truth(space, arch, table_path)
+    result = {
+        "arch": arch.to_json(), "arch_str": str(arch), "space": space.config(), **space_cost(space, arch),
+        "train_time_s": round(outcome.elapsed_s, 2), "weight_steps": outcome.steps, "epochs": cfg.epochs,
+        "label_mode": ds.label_mode, "online_teacher": tch is not None, "final_held_out": outcome.last_eval or None,
+        "test_top1": evaluate(model, test, dev, cfg.eval_batch_size) if test is not None else None,
+        "test_set": (test.info.get("source") if test is not None else None),
+        "test_n": len(test) if test is not None else 0, "nb201": gt, "nb201_note": note,
+    }
+    atomic_write_json(out_dir / "result.json", result)
+    plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"train {arch}")
+    return result
