@@ -92,14 +92,17 @@ class Choice(nn.Module):
         self.candidates = nn.ModuleDict(dict(candidates))
         self.active: str | None = None
         self.weights: torch.Tensor | None = None
+        self.subset: list[int] | None = None  # weighted mode: compute only these option indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weights is not None:
             out: torch.Tensor | None = None
-            for i, op in enumerate(self.options):
-                # exact zeros skip the op: ProxylessNAS gates and pruned DARTS edges cost nothing
-                if self.weights.requires_grad or float(self.weights[i]) != 0.0:
-                    y = self.weights[i] * self.candidates[op](x)
+            indices = self.subset if self.subset is not None else range(len(self.options))
+            for i in indices:
+                # exact zeros skip the op (pruned DARTS edges cost nothing) unless a gradient w.r.t. that weight
+                # is wanted; ``subset`` restricts the computation further (ProxylessNAS runs only its two paths)
+                if self.subset is not None or self.weights.requires_grad or float(self.weights[i]) != 0.0:
+                    y = self.weights[i] * self.candidates[self.options[i]](x)
                     out = y if out is None else out + y
             if out is None:
                 raise RuntimeError(f"choice {self.key!r}: all option weights are zero")
@@ -123,12 +126,18 @@ class Supernet(nn.Module):
         for _, c in self.choices():
             if p[c.key] not in c.candidates:
                 raise ArchError(f"option {p[c.key]!r} is not a candidate of decision {c.key!r}: {c.options}")
-            c.active, c.weights = p[c.key], None
+            c.active, c.weights, c.subset = p[c.key], None, None
 
-    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
-        """Weighted mode: every Choice computes the ``weights[choice.key]``-weighted sum of its options."""
+    def set_weights(self, weights: Mapping[str, torch.Tensor],
+                    subsets: Mapping[str, list[int]] | None = None) -> None:
+        """Weighted mode: every Choice computes the ``weights[choice.key]``-weighted sum of its options.
+
+        ``subsets[key]`` (optional) lists the only option indices to compute for that decision; the others
+        contribute nothing and get no gradient (ProxylessNAS's two sampled paths).
+        """
         for _, c in self.choices():
             c.weights, c.active = weights[c.key], None
+            c.subset = None if subsets is None else list(subsets[c.key])
 
 
 def subnet_state_dict(supernet: Supernet, path: Mapping[str, str] | Arch) -> dict[str, torch.Tensor]:

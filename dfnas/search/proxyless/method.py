@@ -129,7 +129,8 @@ class ProxylessMethod(AlphaMethod):
             g = torch.zeros(len(a), device=self.device)
             g[int(active)] = 1.0
             pairs[k], gates[k] = pair.to(self.device), g.requires_grad_(True)
-        ctx.model.set_weights(gates)
+        # only the two sampled paths run (the paper's memory of two paths); dL/dg for both comes from autograd
+        ctx.model.set_weights(gates, {k: [int(i) for i in pairs[k]] for k in self.keys})
         x, y = held_out
         ce = ctx.criterion(ctx.model(x), x, y)
         loss = self._hardware_loss(ce)
