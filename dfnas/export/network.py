@@ -1,0 +1,119 @@
+"""Exported networks: ``arch.json`` (architecture + space settings) and ``model.safetensors`` (weights).
+
+An export directory is self-describing: ``load_exported`` rebuilds the plain network with
+``space.build_network(arch)`` (no ``Choice`` modules, no supernet) and loads the weights strictly.
+
+    DIR/arch.json          {"format", "arch": Arch.to_json(), "space": Space.config(), "weights", "info"}
+    DIR/model.safetensors  the plain network's state dict (float tensors + BN counters)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfnas.errors import ArchError, DfnasError
+from dfnas.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+
+FORMAT = "dfnas-export/1"
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _plain_state(space: Any, arch: Any, model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
+    """The state dict of the plain network for ``arch``: from a plain model as is, from a supernet via
+    ``subnet_state_dict`` (a model holding ``Choice`` modules is treated as a supernet); plus its parameter
+    count."""
+    from dfnas.spaces.base import Choice, Supernet, subnet_state_dict
+
+    if isinstance(model, Supernet) and any(isinstance(m, Choice) for m in model.modules()):
+        state = subnet_state_dict(model, arch)
+    else:
+        state = model.state_dict()
+    # check the weights fit the network that load_exported will build, before anything is written
+    ref_net = space.build_network(arch)
+    ref = ref_net.state_dict()
+    missing = sorted(set(ref) - set(state))
+    unexpected = sorted(set(state) - set(ref))
+    bad = [k for k in ref if k in state and tuple(ref[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or bad:
+        raise ArchError(f"weights do not fit architecture {arch} of space {space.name!r}: missing {missing[:4]}, "
+                        f"unexpected {unexpected[:4]}, shape mismatches {bad[:4]}")
+    # safetensors refuses shared or non-contiguous storage: store independent contiguous CPU copies
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return plain, sum(p.numel() for p in ref_net.parameters())
+
+
+def export_network(space: Any, arch: Any, model: nn.Module, out_dir: str | Path,
+                   info: Mapping[str, Any] | None = None) -> Path:
+    """Write ``arch.json`` and ``model.safetensors`` for ``arch`` into ``out_dir``; return ``out_dir``.
+
+    ``model`` is the trained plain network of ``arch`` or a supernet (its weights for ``arch`` are taken).
+    ``info`` (JSON-able) is stored in arch.json, e.g. where the weights came from and their accuracy.
+    The weights are written first and arch.json last, so arch.json marks a complete export.
+    """
+    from safetensors.torch import save
+
+    space.validate(arch)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state, params = _plain_state(space, arch, model)
+    meta = {"format": FORMAT, "arch": str(arch), "space": space.name}
+    atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=meta))
+    atomic_write_json(out / ARCH_FILE, {
+        "format": FORMAT,
+        "arch": arch.to_json(),
+        "space": space.config(),
+        "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(out / WEIGHTS_FILE), "params": params},
+        "info": dict(info or {}),
+    })
+    return out
+
+
+def read_export(export_dir: str | Path) -> dict[str, Any]:
+    """The parsed ``arch.json`` of an export directory, checked for the expected format."""
+    d = Path(export_dir)
+    meta = read_json(d / ARCH_FILE, what="exported architecture")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "arch" not in meta or "space" not in meta:
+        raise DfnasError(f"{str(d / ARCH_FILE)!r} is not a dfnas export (expected format {FORMAT!r} with "
+                         "'arch' and 'space')")
+    return meta
+
+
+def rebuild(meta: Mapping[str, Any]) -> tuple[Any, Any, nn.Module]:
+    """(space, arch, untrained plain network) from a parsed arch.json."""
+    import dfnas.spaces  # noqa: F401  (registers every space)
+    from dfnas.spaces.base import Arch, build_space
+
+    space_cfg = dict(meta["space"])
+    name = space_cfg.pop("name", None) or meta["arch"].get("space")
+    space = build_space(str(name), **space_cfg)
+    arch = Arch.from_json(meta["arch"])
+    return space, arch, space.build_network(arch)
+
+
+def load_exported(export_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the exported plain network (no supernet code) and load its weights; returns it in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(export_dir)
+    meta = read_export(d)
+    _, arch, net = rebuild(meta)
+    wpath = d / meta.get("weights", {}).get("file", WEIGHTS_FILE)
+    if not wpath.is_file():
+        raise DfnasError(f"exported weights {str(wpath)!r} are missing")
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise DfnasError(f"exported weights {str(wpath)!r} cannot be read ({e})") from None
+    own = net.state_dict()
+    if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
+        raise DfnasError(f"exported weights {str(wpath)!r} do not match architecture {arch}; the export is "
+                         "corrupt or was edited")
+    net.load_state_dict(state, strict=True)
+    return net.to(device).eval()

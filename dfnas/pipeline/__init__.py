@@ -1,0 +1,6 @@
+"""Pieces of ``dfnas run`` (see ``dfnas.run``): the typed RunConfig and presets, the run directory with its
+stage markers, the stage functions and the distributed search driver."""
+
+from dfnas.pipeline.config import RunConfig, build_run_config, list_presets, load_run_config
+
+__all__ = ["RunConfig", "build_run_config", "list_presets", "load_run_config"]

@@ -1,0 +1,81 @@
+"""Export round trip: arch.json + model.safetensors rebuild the same plain network, outputs equal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dfnas.errors import ArchError, DfnasError
+from dfnas.export import export_network, load_exported, read_export
+from dfnas.spaces import Choice, build_space, subnet_state_dict
+
+
+def _space():
+    return build_space("nb201", C=4, N=1)
+
+
+def _perturb_bn(net: torch.nn.Module, g: torch.Generator) -> None:
+    # non-default BN statistics, so a loader that forgot buffers would give different outputs
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def test_round_trip_plain_network(tmp_path):
+    space = _space()
+    g = torch.Generator().manual_seed(1)
+    arch = space.sample(g)
+    net = space.build_network(arch).eval()
+    _perturb_bn(net, g)
+    export_network(space, arch, net, tmp_path / "exp", info={"weights": "test"})
+    loaded = load_exported(tmp_path / "exp")
+    assert not any(isinstance(m, Choice) for m in loaded.modules())
+    x = torch.rand(3, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    meta = read_export(tmp_path / "exp")
+    assert meta["arch"]["arch"] == str(arch)
+    assert meta["space"] == {"name": "nb201", "num_classes": 10, "input_size": 32, "C": 4, "N": 1}
+    assert meta["info"] == {"weights": "test"}
+    assert meta["weights"]["params"] == sum(p.numel() for p in net.parameters())
+
+
+def test_export_from_supernet_equals_supernet_path(tmp_path):
+    space = _space()
+    g = torch.Generator().manual_seed(2)
+    arch = space.sample(g)
+    sup = space.build_supernet().eval()
+    _perturb_bn(sup, g)
+    sup.set_path(arch)
+    export_network(space, arch, sup, tmp_path)
+    loaded = load_exported(tmp_path)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(sup(x), loaded(x), atol=1e-6)
+    assert set(loaded.state_dict()) == set(subnet_state_dict(sup, arch))
+
+
+def test_export_rejects_weights_of_another_arch(tmp_path):
+    space = _space()
+    a = space.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+    b = space.parse("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|")
+    with pytest.raises(ArchError, match="do not fit"):
+        export_network(space, a, space.build_network(b), tmp_path)
+    assert not (tmp_path / "arch.json").exists()
+
+
+def test_load_rejects_bad_exports(tmp_path):
+    with pytest.raises(DfnasError, match="does not exist"):
+        load_exported(tmp_path)
+    (tmp_path / "arch.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(DfnasError, match="not a dfnas export"):
+        load_exported(tmp_path)
+    space = _space()
+    arch = space.sample(torch.Generator().manual_seed(3))
+    export_network(space, arch, space.build_network(arch), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DfnasError, match="cannot be read"):
+        load_exported(tmp_path)
