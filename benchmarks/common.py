@@ -1,0 +1,532 @@
+"""Shared plumbing of the evidence benchmarks: data sources, cached datasets, per-cell results, tables, plots.
+
+Layout (everything under ``benchmarks/_work`` is gitignored scratch space; delete a file to recompute it)::
+
+    benchmarks/_work/<budget>/data/n<N>/<source>/     one dataset per source and image count, made once
+    benchmarks/_work/<budget>/<benchmark>/cells/...   one small JSON per finished cell (the resume unit)
+    benchmarks/_work/<budget>/<benchmark>/runs/...    run directories of the library (resumable themselves)
+
+A cell JSON records the hash of the settings it was computed with; a later run with different settings
+refuses to mix it in rather than silently reporting stale numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfnas.errors import DfnasError
+
+BENCH_DIR = Path(__file__).resolve().parent
+WORK_DIR = BENCH_DIR / "_work"
+RESULTS_DIR = BENCH_DIR / "results"
+TEACHER_NAME = "cifar10_resnet20"  # the teacher every benchmark inverts (and distils from)
+DATA_SEED = 0  # datasets are made once per source with this seed; search / training seeds vary separately
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data source of the benchmarks: its label in tables, and how its dataset is made."""
+
+    name: str
+    label: str
+    kind: str  # "real" (labelled real images) | "synthesis" (dfnas.synthesis method)
+    synthesis: dict[str, Any] = field(default_factory=dict)  # SynthesisConfig fields over the budget's preset
+    canvas_is_input: bool = False  # regional update off: canvas side = the teacher's input side
+
+
+# Order = order of rows in every table and plot.
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    Source("real", "real (JPEG)", "real"),
+    Source("full", "full synthesis", "synthesis", {"method": "full"}),
+    Source("no_recursion", "w/o recursive calibration", "synthesis", {"method": "full", "rounds": 1}),
+    Source("no_regional", "w/o regional update", "synthesis", {"method": "full"}, canvas_is_input=True),
+    Source("plain", "plain inversion", "synthesis", {"method": "plain"}),
+    Source("noise", "Gaussian noise, random labels", "synthesis", {"method": "noise"}),
+    Source("real_random", "real (JPEG), random labels", "synthesis", {"method": "real_random"}),
+)}
+
+
+@dataclass(frozen=True)
+class DataBudget:
+    """How many images every source gets, and the synthesis preset / overrides they are made with."""
+
+    n_images: int
+    synth_preset: str  # a dfnas.synthesis preset name ("default" = the library's CPU recipe, "tiny")
+    synth_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n_images": self.n_images, "synth_preset": self.synth_preset,
+                "synth_overrides": dict(self.synth_overrides)}
+
+
+# Datasets shared between benchmarks (cached by image count under _work/<budget>/data/n<N>/<source>).
+DATA_BUDGETS: dict[str, DataBudget] = {
+    # 40 images from the `tiny` synthesis preset: seconds per source; numbers mean nothing
+    "smoke": DataBudget(40, "tiny", {"batch_size": 20, "steps": 4}),
+    # search_quality: 500 images per source, the library's default synthesis recipe (2 rounds, 200 steps)
+    "cpu": DataBudget(500, "default"),
+    # ranking_consistency and datafree_training: 1,000 images per source, same recipe (training from
+    # scratch needs more images than a search to separate architectures at all)
+    "cpu_train": DataBudget(1000, "default"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# command line and environment
+# --------------------------------------------------------------------------------------------------------
+
+def add_common_args(p: argparse.ArgumentParser, budgets: Sequence[str]) -> None:
+    """The flags every benchmark script shares."""
+    p.add_argument("--budget", choices=list(budgets), default="cpu",
+                   help="preset: 'smoke' checks the script end to end in a minute or two (numbers mean nothing); "
+                        "'cpu' is the real run sized for a 2-core machine")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the summary JSON / Markdown / PNG go (default: benchmarks/results for 'cpu', "
+                        "benchmarks/_work/results-smoke for 'smoke', so smoke output is never committed)")
+    p.add_argument("--work", type=Path, default=WORK_DIR, help="scratch directory for datasets and cells")
+    # One thread by default: these networks are small, and on a 2-core machine shared with other work two
+    # torch threads spin-wait on each other (measured 40x slower per image than one thread under load 8).
+    # Run two benchmark processes side by side (disjoint --sources) to use both cores instead.
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1; 0 keeps torch's own choice; see benchmarks/README.md)")
+    p.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def setup(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Apply --threads; return (work dir of this budget, output dir)."""
+    if args.threads and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work) / args.budget
+    out = args.out if args.out is not None else (RESULTS_DIR if args.budget == "cpu"
+                                                 else Path(args.work) / "results-smoke")
+    return work, Path(out)
+
+
+def parse_subset(value: str | None, allowed: Sequence[str], what: str) -> list[str]:
+    """Comma-separated subset of ``allowed`` (None or 'all': all of them, in ``allowed`` order)."""
+    if value is None or value == "all":
+        return list(allowed)
+    got = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in got if v not in allowed]
+    if bad:
+        raise SystemExit(f"unknown {what} {bad}; expected a comma-separated subset of {list(allowed)}")
+    return [v for v in allowed if v in got]  # canonical order, no duplicates
+
+
+def parse_seeds(value: str) -> list[int]:
+    """'0,1,2' or '0-4' -> list of ints."""
+    if "-" in value and "," not in value:
+        lo, hi = value.split("-", 1)
+        return list(range(int(lo), int(hi) + 1))
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def load_average() -> float | None:
+    """1-minute load average (recorded with every result: other processes sharing the CPU slow cells down)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# per-cell results
+# --------------------------------------------------------------------------------------------------------
+
+def stable_hash(obj: Any) -> str:
+    from dfnas.io import config_hash
+
+    return config_hash(json.loads(json.dumps(obj, sort_keys=True, default=str)))
+
+
+class CellStore:
+    """One JSON file per finished cell under ``root``.
+
+    Every cell carries ``cell_hash``, the hash of the settings that produced it (budget, method options ...).
+    A stored cell with another hash is stale: ``get`` treats it as not computed (it is recomputed and
+    overwritten), so changed settings never mix old numbers into a summary. Run directories of the library
+    are named with the same hash (``run_name``), so a stale run directory is never resumed either.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._warned: set[Path] = set()
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts[:-1], f"{parts[-1]}.json")
+
+    def get(self, *parts: str, cell_hash: str) -> dict[str, Any] | None:
+        """The stored cell, or None when it has not been computed yet with these settings."""
+        p = self.path(*parts)
+        if not p.is_file():
+            return None
+        try:
+            rec = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return None  # cannot happen with atomic writes unless edited by hand: recompute it
+        if rec.get("cell_hash") != cell_hash:
+            if p not in self._warned:
+                self._warned.add(p)
+                log(f"stale cell {p} (settings changed: hash {rec.get('cell_hash')} != {cell_hash}); recomputing")
+            return None
+        return rec
+
+    def put(self, record: dict[str, Any], *parts: str, cell_hash: str) -> dict[str, Any]:
+        from dfnas.io import atomic_write_json
+
+        rec = {**record, "cell_hash": cell_hash}
+        atomic_write_json(self.path(*parts), rec)
+        return rec
+
+
+def run_name(name: str, cell_hash: str) -> str:
+    """Run-directory name of a cell: settings hash included, so changed settings start a fresh run."""
+    return f"{name}-{cell_hash[:8]}"
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``, merging nested dicts instead of replacing them."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Eta:
+    """Running estimate of the remaining time from the durations of cells computed in this invocation."""
+
+    def __init__(self, total_estimate_s: float) -> None:
+        self.planned = max(total_estimate_s, 1e-9)
+        self.spent_planned = 0.0
+        self.spent_real = 0.0
+
+    def done(self, planned_s: float, real_s: float) -> str:
+        """Record a cell (its planned and real seconds); return a progress string."""
+        self.spent_planned += planned_s
+        self.spent_real += real_s
+        ratio = self.spent_real / max(self.spent_planned, 1e-9)  # how far off the up-front estimate is
+        left = max(0.0, self.planned - self.spent_planned) * ratio
+        return f"cell took {fmt_duration(real_s)}; about {fmt_duration(left)} left"
+
+
+# --------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------
+
+_TEACHER: Any = None
+
+
+def teacher() -> Any:
+    """The frozen ResNet-20 teacher (loaded once; weights from the shared assets, never downloaded)."""
+    global _TEACHER
+    if _TEACHER is None:
+        from dfnas.teachers import TeacherConfig, load_teacher
+
+        _TEACHER = load_teacher(TeacherConfig(name=TEACHER_NAME, download=False), device="cpu")
+    return _TEACHER
+
+
+def asset(*parts: str) -> Path:
+    """A shared asset (``DFNAS_ASSETS`` or ``../shared/assets``); SystemExit naming the setting if missing."""
+    from dfnas.assets import asset_path
+
+    p = asset_path(*parts)
+    if p is None:
+        raise SystemExit(f"asset {'/'.join(parts)} not found: set DFNAS_ASSETS to the shared assets folder")
+    return p
+
+
+def real_test_set() -> Any:
+    """The bit-exact real CIFAR-10 test subset (1,017 images, true hard labels): the held-out ground truth."""
+    from dfnas.data import read_real
+
+    ds = read_real(asset("cifar10", "exact_test_1017.npz"))
+    ds.info["label"] = "real exact test (1,017 images, true labels)"
+    return ds
+
+
+def real_subset(n: int, data_root: Path) -> Path:
+    """First ``n / 10`` JPEG training images of each class as an .npz (made once): the real source's images.
+
+    The ``real_random`` source reads the same file, so it differs from ``real`` only in its labels.
+    """
+    from dfnas.data import read_real
+    from dfnas.io import atomic_savez
+
+    path = data_root / f"cifar10_jpeg_train_{n}.npz"  # "cifar" in the name: read_real gives CIFAR class names
+    if path.is_file():
+        return path
+    k = 10
+    if n % k:
+        raise SystemExit(f"the real source takes n / {k} images per class; n_images={n} is not a multiple of {k}")
+    ds = read_real(asset("cifar10", "jpeg", "train"), limit_per_class=n // k)
+    if len(ds) != n:
+        raise DfnasError(f"expected {n} real JPEG training images, read {len(ds)}")
+    atomic_savez(path, images=ds.images.permute(0, 2, 3, 1).contiguous().numpy(),
+                 labels=ds.hard_labels.numpy().astype(np.uint8))
+    return path
+
+
+def synthesis_config(src: Source, budget: DataBudget, real_path: Path | None) -> Any:
+    """The SynthesisConfig of a synthetic source under ``budget`` (seed ``DATA_SEED``)."""
+    from dfnas.synthesis import make_config
+
+    fields: dict[str, Any] = {**budget.synth_overrides, **src.synthesis, "num_images": budget.n_images,
+                              "seed": DATA_SEED, "teacher_name": TEACHER_NAME}
+    if src.canvas_is_input:
+        fields["canvas_size"] = teacher().spec.input_size
+    if src.synthesis.get("method") == "real_random":
+        fields["real_path"] = str(real_path)
+    cfg = make_config(budget.synth_preset, None, **fields)
+    cfg.teacher.download = False
+    return cfg
+
+
+def prepare_source(name: str, budget: DataBudget, work: Path, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The dataset of source ``name`` (made on first use, then read from the cache) and facts about it.
+
+    Returns (ImageSet, info) where info has the label, label mode, image count and the seconds it took to
+    make (0 when it came from the cache).
+    """
+    from dfnas.data import open_dataset, read_real
+    from dfnas.synthesis import synthesize
+
+    src = SOURCES[name]
+    root = work / "data" / f"n{budget.n_images}"
+    t0 = time.perf_counter()
+    real_npz = real_subset(budget.n_images, root)
+    if src.kind == "real":
+        ds = read_real(real_npz)
+        made = False
+    else:
+        out = root / name
+        made = not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text()).get(
+            "complete", False)
+        if made:
+            log(f"synthesizing source {name!r} ({budget.n_images} images) into {out}")
+        synthesize(synthesis_config(src, budget, real_npz), out, teacher=teacher(), device="cpu",
+                   progress=progress)
+        ds = open_dataset(out)
+    ds.info["benchmark_source"] = name
+    seconds = time.perf_counter() - t0 if made else 0.0
+    return ds, {"source": name, "label": src.label, "n": len(ds), "label_mode": ds.label_mode,
+                "make_seconds": round(seconds, 1)}
+
+
+def put_source_info(root: Path, name: str, info: dict[str, Any]) -> None:
+    """Remember facts about a source's dataset for the summaries; keeps the time it took to make it."""
+    from dfnas.io import atomic_write_json
+
+    p = root / "sources" / f"{name}.json"
+    old = get_source_info(root, name)
+    if old.get("make_seconds") and not info.get("make_seconds"):
+        info = {**info, "make_seconds": old["make_seconds"]}  # this call read the cache: keep the real time
+    atomic_write_json(p, info)
+
+
+def get_source_info(root: Path, name: str) -> dict[str, Any]:
+    p = root / "sources" / f"{name}.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def source_labels(ds: Any) -> torch.Tensor:
+    """Class indices the source itself supervises with: argmax of stored teacher logits for distillation
+    data, else the stored (hard or soft) targets' argmax."""
+    if ds.label_mode == "distill" and ds.logits is not None:
+        return ds.logits.argmax(1)
+    return ds.targets.argmax(1)
+
+
+def with_hard_targets(ds: Any, labels: torch.Tensor) -> Any:
+    """A copy of ``ds`` whose targets are one-hot ``labels`` (so ``dfnas.train.evaluate`` scores them)."""
+    import dataclasses
+
+    t = torch.nn.functional.one_hot(labels.long(), ds.num_classes).float()
+    return dataclasses.replace(ds, targets=t, label_mode="hard" if ds.label_mode == "distill" else ds.label_mode)
+
+
+# --------------------------------------------------------------------------------------------------------
+# up-front cost model, calibrated by timing the real operations on this machine
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Calibration:
+    """Seconds per operation measured right now (other processes on the CPU inflate all of them)."""
+
+    supernet_step: float  # forward + backward of the softmax-weighted NB201 supernet (DARTS), per image
+    path_step: float  # forward + backward of one path of the supernet (SPOS / ProxylessNAS / a plain net)
+    path_eval: float  # no-grad forward of one path, per image
+    teacher_step: float  # forward + input-gradient backward of the teacher, per image (one synthesis step)
+    teacher_eval: float  # no-grad teacher forward, per image
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+def _time(fn: Callable[[], Any], reps: int = 2) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process divided by the torch thread count) per call."""
+    fn()  # warm-up (allocations, first-call overheads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps, (time.process_time() - c0) / reps / max(1, torch.get_num_threads())
+
+
+def calibrate(space_opts: dict[str, Any], batch: int = 64, need_teacher: bool = True, need_supernet: bool = True
+              ) -> tuple[Calibration, Calibration]:
+    """Time the operations the benchmarks repeat, at the benchmark's sizes (a few seconds).
+
+    Returns (wall-clock costs at the current load, costs on idle cores). The second is the process's CPU time
+    per thread: what the wall time would be if no other process competed for the cores.
+    """
+    from dfnas.spaces import build_space
+
+    g = torch.Generator().manual_seed(0)
+    space = build_space("nb201", **space_opts)
+    # initial weights come from the constructors' defaults: only the time per operation is measured here,
+    # and every benchmark run re-initializes its networks from its own seeded generator
+    net = space.build_supernet()
+    x = torch.rand(batch, 3, 32, 32, generator=g)
+    w = {k: torch.full((len(o),), 1.0 / len(o)) for k, o in space.decisions().items()}
+
+    def weighted() -> None:
+        net.set_weights(w)
+        net(x).sum().backward()
+
+    arch = space.sample(torch.Generator().manual_seed(1))
+
+    def path() -> None:
+        net.set_path(arch)
+        net(x).sum().backward()
+
+    def path_eval() -> None:
+        net.set_path(arch)
+        with torch.no_grad():
+            net(x)
+
+    timed = {"supernet_step": _time(weighted) if need_supernet else (0.0, 0.0), "path_step": _time(path),
+             "path_eval": _time(path_eval),
+             "teacher_step": (0.0, 0.0), "teacher_eval": (0.0, 0.0)}
+    if need_teacher:
+        t = teacher()
+        xt = torch.rand(batch, 3, 32, 32, generator=g, requires_grad=True)
+
+        def t_step() -> None:
+            torch.autograd.grad(t(xt).sum(), xt)
+
+        def t_eval() -> None:
+            with torch.no_grad():
+                t(xt.detach())
+
+        timed["teacher_step"] = _time(t_step)
+        timed["teacher_eval"] = _time(t_eval)
+    return (Calibration(**{k: v[0] / batch for k, v in timed.items()}),
+            Calibration(**{k: v[1] / batch for k, v in timed.items()}))
+
+
+def estimate_line(total: Callable[[Calibration], float], cals: tuple[Calibration, Calibration]) -> str:
+    """'X at the current load (L), Y on idle cores' for a cost model ``total(calibration) -> seconds``."""
+    return (f"{fmt_duration(total(cals[0]))} at the current load ({load_average()}), "
+            f"{fmt_duration(total(cals[1]))} with the cores to itself")
+
+
+def synthesis_estimate(names: Iterable[str], budget: DataBudget, work: Path, cal: Calibration) -> float:
+    """Seconds to make the not-yet-cached synthetic datasets among ``names``."""
+    from dfnas.synthesis import make_config
+
+    total = 0.0
+    for name in names:
+        src = SOURCES[name]
+        out = work / "data" / f"n{budget.n_images}" / name
+        if src.kind == "real" or (out / "manifest.json").is_file() and json.loads(
+                (out / "manifest.json").read_text()).get("complete", False):
+            continue
+        if src.synthesis.get("method") in ("noise", "real_random"):
+            continue  # no optimization: seconds
+        cfg = make_config(budget.synth_preset, None, **{**budget.synth_overrides, **src.synthesis,
+                                                         "num_images": budget.n_images})
+        # every image is optimized for `steps` steps, whatever its split into rounds and shards
+        total += budget.n_images * cfg.steps * cal.teacher_step
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------
+# statistics, tables, plots
+# --------------------------------------------------------------------------------------------------------
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value; NaN for none)."""
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    if not v:
+        return float("nan"), float("nan")
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def fmt_pm(values: Sequence[float], digits: int = 2) -> str:
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "–"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, stem: str, summary: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (atomically)."""
+    from dfnas.io import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    j = atomic_write_json(out / f"{stem}.json", summary)
+    m = atomic_write_text(out / f"{stem}.md", markdown)
+    return j, m
+
+
+def environment() -> dict[str, Any]:
+    from dfnas.io import environment_info
+
+    return {**environment_info(), "load_average_1min": load_average()}
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (benchmarks run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,340 @@
+"""Search quality by data source: does searching on the teacher's synthetic images find good cells?
+
+For every data source (real JPEG images with true labels, full synthesis, its two ablations, plain
+inversion, Gaussian noise with random labels, real images with random labels) and every search method
+(DARTS with the beta-decay collapse remedy, plain DARTS, ProxylessNAS, SPOS) and seed, one architecture
+search on NAS-Bench-201 at one fixed CPU budget; the found cell is scored by its NAS-Bench-201 ground truth
+(CIFAR-10 test accuracy after 200 epochs at C=16, N=5). Every source has the same number of images and every
+search the same settings; datasets are made once per source and shared by all methods and seeds.
+
+    python benchmarks/search_quality.py --budget smoke            # end-to-end check, ~minutes
+    python benchmarks/search_quality.py --budget cpu              # the real grid (hours on 2 cores)
+    python benchmarks/search_quality.py --budget cpu --sources full,plain --methods spos --seeds 0,1
+
+Resumable: each (source, method, seed) result is one JSON under benchmarks/_work/<budget>/search_quality/
+cells/; rerunning skips finished cells (and an interrupted search resumes from its checkpoint). Writes
+search_quality_<budget>.{json,md,png} into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
+
+import common  # noqa: E402
+from common import SOURCES, DataBudget  # noqa: E402
+
+NAME = "search_quality"
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    config: dict[str, Any]  # SearchConfig fields over the budget's common ones
+
+
+METHODS: dict[str, Method] = {
+    "darts_beta": Method("DARTS + β-decay", {"method": "darts", "darts": {"remedy": "beta"}}),
+    "darts": Method("DARTS", {"method": "darts", "darts": {"remedy": "none"}}),
+    "proxyless": Method("ProxylessNAS", {"method": "proxyless"}),
+    "spos": Method("SPOS", {"method": "spos"}),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    data: DataBudget
+    space: dict[str, Any]  # NB201 search-space options (the supernet searched on CPU)
+    search: dict[str, Any]  # SearchConfig fields shared by every method and source
+    seeds: tuple[int, ...]
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"data": self.data.as_dict(), "space": self.space, "search": self.search, "seeds": list(self.seeds)}
+
+
+BUDGETS: dict[str, Budget] = {
+    # A few steps of everything on 40 images: proves the pipeline end to end; the numbers mean nothing.
+    "smoke": Budget(
+        data=common.DATA_BUDGETS["smoke"],
+        space={"C": 4, "N": 1},
+        search={"epochs": 1, "batch_size": 10, "held_out": 0.5, "max_steps": 2, "eval_max_batches": 1,
+                "spos": {"population": 2, "top_k": 1, "generations": 1, "bn_batches": 1, "eval_batches": 1}},
+        seeds=(0,),
+        note="smoke: sizes cut down to check the script runs; the numbers mean nothing"),
+    # The real run for a 2-core CPU: 500 images per source (the library's default synthesis recipe), a C=8 N=1
+    # supernet, 30 epochs of batch 32 on the 250-image training half (210 weight steps) for every method.
+    "cpu": Budget(
+        data=common.DATA_BUDGETS["cpu"],
+        space={"C": 8, "N": 1},
+        search={"epochs": 30, "batch_size": 32, "held_out": 0.5, "eval_max_batches": 8},
+        seeds=(0, 1, 2),
+        note="cpu: 500 images per source; NB201 supernet C=8 N=1; 30 epochs x batch 32 (210 weight steps)"),
+}
+
+
+def search_config(budget: Budget, method: str, seed: int) -> dict[str, Any]:
+    """The full SearchConfig dict of one cell."""
+    cfg = common.deep_merge(budget.search, METHODS[method].config)
+    return {**cfg, "seed": seed, "device": "cpu", "space": {"name": "nb201", "options": dict(budget.space)}}
+
+
+def cell_hash(budget: Budget, method: str, seed: int) -> str:
+    return common.stable_hash({"data": budget.data.as_dict(), "search": search_config(budget, method, seed)})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cost model (up-front estimate)
+# ----------------------------------------------------------------------------------------------------------
+
+def cell_estimate(budget: Budget, method: str, cal: common.Calibration) -> float:
+    """Seconds one search should take on this machine, from the calibrated per-image costs."""
+    from dfnas.config import from_dict
+    from dfnas.search import SearchConfig
+
+    cfg = from_dict(SearchConfig, search_config(budget, method, 0), "search")
+    n = budget.data.n_images
+    n_held = int(round(n * cfg.held_out))
+    n_train = n - n_held
+    bs = min(cfg.batch_size, n_train)
+    planned = cfg.loop().epochs  # the method's default when the budget leaves epochs unset
+    steps = planned * max(1, n_train // bs)
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    epochs = min(planned, -(-steps // max(1, n_train // bs)))
+    n_eval = n_held if cfg.eval_max_batches is None else min(n_held, cfg.eval_max_batches * 256)
+    m = cfg.method
+    if m == "darts":
+        # architecture step on a held-out batch + weight step, both through the weighted supernet
+        train = steps * bs * 2 * cal.supernet_step
+        return train + epochs * n_eval * cal.supernet_step / 3
+    if m == "proxyless":
+        # weight step on one path; the architecture step runs the two sampled paths of every decision
+        train = steps * bs * 3 * cal.path_step
+        return train + epochs * n_eval * cal.path_eval
+    o = cfg.spos
+    n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)
+    candidates = o.population * o.generations  # an upper bound: repeated candidates are not rescored
+    return steps * bs * cal.path_step + candidates * (o.bn_batches * bs + n_score) * cal.path_eval
+
+
+# ----------------------------------------------------------------------------------------------------------
+# running cells
+# ----------------------------------------------------------------------------------------------------------
+
+def run_cell(ds: Any, source: str, method: str, seed: int, budget: Budget, runs: Path, table: Any,
+             progress: bool) -> dict[str, Any]:
+    """One architecture search; returns the cell record (found cell, its ground truth, timing)."""
+    from dfnas.search import run_search
+
+    t0 = time.perf_counter()
+    load0 = common.load_average()
+    out = runs / source / method / common.run_name(f"seed{seed}", cell_hash(budget, method, seed))
+    res = run_search(search_config(budget, method, seed), ds, out, device="cpu", progress=progress)
+    gt = table.lookup(res.arch)
+    r = res.result
+    return {
+        "source": source, "method": method, "seed": seed, "arch": str(res.arch),
+        "nb201_cifar10": gt["cifar10"], "nb201_cifar100": gt["cifar100"], "nb201_imagenet16": gt["imagenet16"],
+        "nb201_index": gt["index"], "nb201_percentile": gt["percentile"],
+        "search_time_s": r.get("search_time_s"), "wall_s": round(time.perf_counter() - t0, 2),
+        "weight_steps": r.get("weight_steps"), "final_held_out": r.get("final_held_out"),
+        "macs": r.get("macs"), "params": r.get("params"), "spos": r.get("spos"),
+        "load_average_1min": [load0, common.load_average()], "run_dir": str(res.out_dir),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# summary
+# ----------------------------------------------------------------------------------------------------------
+
+def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, table: Any, sources: list[str],
+              methods: list[str], data_info: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Aggregate cells into the summary dict and its Markdown report."""
+    import numpy as np
+
+    acc = table.accuracies("cifar10")
+    ref = {"random_cell_mean": float(acc.mean()), "random_cell_std": float(acc.std()),
+           "median_cell": float(np.median(acc)), "best_cell": float(acc.max()),
+           "all_skip_cell": table.lookup("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|"
+                                         "skip_connect~1|skip_connect~2|")["cifar10"]}
+    groups: dict[str, dict[str, Any]] = {}
+    for s in sources:
+        for m in methods:
+            cs = sorted((c for c in cells if c["source"] == s and c["method"] == m), key=lambda c: c["seed"])
+            if not cs:
+                continue
+            a = [c["nb201_cifar10"] for c in cs]
+            mu, sd = common.mean_std(a)
+            pmu, _ = common.mean_std([c["nb201_percentile"] for c in cs])
+            tmu, _ = common.mean_std([c["search_time_s"] for c in cs])
+            groups[f"{s}/{m}"] = {"source": s, "method": m, "seeds": [c["seed"] for c in cs], "acc": a,
+                                  "acc_mean": mu, "acc_std": sd, "percentile_mean": pmu, "search_time_mean_s": tmu,
+                                  "archs": [c["arch"] for c in cs]}
+    summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(), "reference": ref,
+               "sources": {s: {"label": SOURCES[s].label, **data_info.get(s, {})} for s in sources},
+               "methods": {m: {"label": METHODS[m].label, "config": METHODS[m].config} for m in methods},
+               "groups": groups, "cells": cells, "environment": common.environment()}
+
+    lines = [f"# Search quality by data source ({budget_name} budget)\n",
+             f"{budget.note}. Teacher: ResNet-20 (CIFAR-10). Space: NAS-Bench-201 (searched with "
+             f"C={budget.space['C']}, N={budget.space['N']}). Score: NAS-Bench-201 CIFAR-10 test accuracy (%) "
+             "of the found cell, mean ± sample std over seeds (ground truth: 200 epochs at C=16, N=5). "
+             "Same images per source and the same search settings for every cell.\n",
+             f"Reference: a uniformly random cell scores {ref['random_cell_mean']:.2f} ± {ref['random_cell_std']:.2f} "
+             f"(median {ref['median_cell']:.2f}); the best cell {ref['best_cell']:.2f}; the all-skip cell (DARTS "
+             f"collapse) {ref['all_skip_cell']:.2f}.\n",
+             "## NAS-Bench-201 CIFAR-10 test accuracy of the found cell (%)\n"]
+    headers = ["source"] + [METHODS[m].label for m in methods]
+    rows = []
+    for s in sources:
+        row = [SOURCES[s].label]
+        for m in methods:
+            g = groups.get(f"{s}/{m}")
+            row.append("–" if g is None else f"{common.fmt_pm(g['acc'])} (n={len(g['acc'])})")
+        rows.append(row)
+    lines.append(common.md_table(headers, rows))
+    lines.append("\n## Details (percentile = % of the 15,625 cells scoring at most as well; time = search only)\n")
+    drows = []
+    for g in groups.values():
+        drows.append([SOURCES[g["source"]].label, METHODS[g["method"]].label, ", ".join(map(str, g["seeds"])),
+                      ", ".join(f"{a:.2f}" for a in g["acc"]), f"{g['percentile_mean']:.1f}",
+                      common.fmt_duration(g["search_time_mean_s"])])
+    lines.append(common.md_table(["source", "method", "seeds", "accuracy per seed", "mean percentile",
+                                  "mean search time"], drows))
+    lines.append("\n## Data sources\n")
+    lines.append(common.md_table(["source", "images", "supervision", "made in"],
+                                 [[SOURCES[s].label, d.get("n", "–"), d.get("label_mode", "–"),
+                                   common.fmt_duration(d["make_seconds"]) if d.get("make_seconds") else "cache"]
+                                  for s, d in ((s, data_info.get(s, {})) for s in sources)]))
+    lines.append("\nSupervision: `distill` = KL to the stored teacher logits (T=4); `hard` = cross-entropy on the "
+                 "labels (true labels for real (JPEG), uniformly random for the random-label sources). The real "
+                 "images are the lossy JPEG copy of CIFAR-10 training images.\n")
+    return summary, "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    """Strip chart: x = source, one colour per method; dots = seeds, diamond + bar = mean ± std.
+
+    Points rather than bars because the y axis does not start at 0 (bars would exaggerate differences).
+    """
+    plt = common.pyplot()
+    groups = summary["groups"]
+    sources = list(summary["sources"])
+    methods = list(summary["methods"])
+    ref = summary["reference"]
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.4 * len(sources) + 4), 4.8))
+    width = 0.8 / max(1, len(methods))
+    colors = plt.get_cmap("tab10").colors
+    for j, m in enumerate(methods):
+        first = True
+        for i, s in enumerate(sources):
+            g = groups.get(f"{s}/{m}")
+            if g is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            ax.scatter([x] * len(g["acc"]), g["acc"], s=14, color=colors[j % 10], alpha=0.6, zorder=3)
+            ax.errorbar([x], [g["acc_mean"]], yerr=[g["acc_std"]], fmt="D", ms=6, color=colors[j % 10], capsize=3,
+                        mec="k", zorder=4, label=summary["methods"][m]["label"] if first else None)
+            first = False
+    ax.axhline(ref["random_cell_mean"], ls="--", color="gray", lw=1, label="random cell (mean)")
+    ax.axhline(ref["best_cell"], ls=":", color="green", lw=1, label="best cell")
+    for i in range(1, len(sources)):
+        ax.axvline(i - 0.5, color="0.9", lw=0.8, zorder=0)
+    ax.set_xlim(-0.5, len(sources) - 0.5)
+    ax.set_xticks(range(len(sources)))
+    ax.set_xticklabels([summary["sources"][s]["label"] for s in sources], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("NAS-Bench-201 CIFAR-10 test acc. of found cell (%)")
+    ax.set_title(f"Search quality by data source ({summary['budget']} budget; dots = seeds, ◆ = mean ± std)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(p, list(BUDGETS))
+    p.add_argument("--sources", default="all", help=f"comma-separated subset of {list(SOURCES)}")
+    p.add_argument("--methods", default="all", help=f"comma-separated subset of {list(METHODS)}")
+    p.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-4 (default: the budget's)")
+    p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")
+    args = p.parse_args(argv)
+    work, out = common.setup(args)
+    budget = BUDGETS[args.budget]
+    sources = common.parse_subset(args.sources, list(SOURCES), "sources")
+    methods = common.parse_subset(args.methods, list(METHODS), "methods")
+    seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
+    store = common.CellStore(work / NAME / "cells")
+    runs = work / NAME / "runs"
+    progress = not args.quiet
+
+    from dfnas.spaces.nb201_table import NB201Table
+
+    table = NB201Table.load()
+    todo = [(s, m, k) for s in sources for m in methods for k in seeds
+            if store.get(s, m, f"seed{k}", cell_hash=cell_hash(budget, m, k)) is None]
+    if not args.summary_only and (todo or args.estimate_only):
+        common.log(f"{NAME} [{args.budget}]: {len(sources)} sources x {len(methods)} methods x {len(seeds)} seeds; "
+                   f"{len(todo)} cells to run. Calibrating the cost model ...")
+        cals = common.calibrate(budget.space, int(budget.search["batch_size"]),
+                                need_teacher=any(SOURCES[s].kind == "synthesis" for s, _, _ in todo))
+        for what, fn in (
+                ("datasets", lambda c: common.synthesis_estimate({s for s, _, _ in todo}, budget.data, work, c)),
+                *((f"one {m} search", lambda c, m=m: cell_estimate(budget, m, c)) for m in methods),
+                ("all searches", lambda c: sum(cell_estimate(budget, m, c) for _, m, _ in todo)),
+                ("total", lambda c: common.synthesis_estimate({s for s, _, _ in todo}, budget.data, work, c)
+                 + sum(cell_estimate(budget, m, c) for _, m, _ in todo))):
+            common.log(f"estimate, {what}: {common.estimate_line(fn, cals)}")
+        cal = cals[0]
+        per_method = {m: cell_estimate(budget, m, cal) for m in methods}
+        search_s = sum(per_method[m] for _, m, _ in todo)
+        if args.estimate_only:
+            return 0
+        eta = common.Eta(search_s)
+        data_info: dict[str, Any] = {}
+        for s in sources:
+            todo_s = [(m, k) for ss, m, k in todo if ss == s]
+            if not todo_s:
+                continue
+            ds, data_info[s] = common.prepare_source(s, budget.data, work, progress)
+            common.put_source_info(work / NAME, s, data_info[s])
+            for m, k in todo_s:
+                common.log(f"cell source={s} method={m} seed={k}")
+                t0 = time.perf_counter()
+                rec = run_cell(ds, s, m, k, budget, runs, table, progress)
+                store.put(rec, s, m, f"seed{k}", cell_hash=cell_hash(budget, m, k))
+                common.log(f"  found {rec['arch']} -> {rec['nb201_cifar10']:.2f}% "
+                           f"({rec['nb201_percentile']:.1f} pct); {eta.done(per_method[m], time.perf_counter() - t0)}")
+    # the summary covers every finished cell of this budget, not only this invocation's subset, so the grid
+    # can be run in pieces (or in parallel processes) and the last piece writes the complete report
+    all_seeds = sorted(set(seeds) | set(budget.seeds))
+    cells = [c for s in SOURCES for m in METHODS for k in all_seeds
+             if (c := store.get(s, m, f"seed{k}", cell_hash=cell_hash(budget, m, k))) is not None]
+    shown_s = [s for s in SOURCES if any(c["source"] == s for c in cells)]
+    shown_m = [m for m in METHODS if any(c["method"] == m for c in cells)]
+    info = {s: common.get_source_info(work / NAME, s) for s in shown_s}
+    summary, md = summarize(cells, args.budget, budget, table, shown_s, shown_m, info)
+    stem = f"{NAME}_{args.budget}"
+    png = plot(summary, out / f"{stem}.png")
+    md += f"\n![search quality]({png.name})\n"
+    j, m = common.write_outputs(out, stem, summary, md)
+    n_grid = len(SOURCES) * len(METHODS) * len(budget.seeds)
+    common.log(f"wrote {j}, {m}, {png} ({len(cells)} cells; the full grid has {n_grid})")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

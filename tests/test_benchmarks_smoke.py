@@ -1,0 +1,94 @@
+"""The evidence benchmarks (benchmarks/*.py): budgets, helpers, and one smoke cell end to end."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def test_budgets_define_smoke_and_cpu_and_share_datasets():
+    common = _load("common")
+    sq, rc, dt = _load("search_quality"), _load("ranking_consistency"), _load("datafree_training")
+    for mod in (sq, rc, dt):
+        assert {"smoke", "cpu"} <= set(mod.BUDGETS)
+    assert len(sq.BUDGETS["cpu"].seeds) >= 3
+    assert rc.BUDGETS["cpu"].n_cells >= 30
+    # the benchmarks read shared cached datasets: one set for smoke, two image counts for cpu
+    assert sq.BUDGETS["smoke"].data == rc.BUDGETS["smoke"].data == dt.BUDGETS["smoke"].data
+    assert sq.BUDGETS["cpu"].data == common.DATA_BUDGETS["cpu"]
+    assert rc.BUDGETS["cpu"].data == dt.BUDGETS["cpu"].data == common.DATA_BUDGETS["cpu_train"]
+    # every source of the brief is there, real first
+    assert list(common.SOURCES)[0] == "real"
+    assert {"full", "no_recursion", "no_regional", "plain", "noise", "real_random"} <= set(common.SOURCES)
+    assert {"darts_beta", "darts", "proxyless", "spos"} == set(sq.METHODS)
+
+
+def test_cell_store_roundtrip_and_refuses_other_settings(tmp_path):
+    common = _load("common")
+    store = common.CellStore(tmp_path)
+    assert store.get("a", "b", cell_hash="h1") is None
+    store.put({"x": 1.5}, "a", "b", cell_hash="h1")
+    assert store.get("a", "b", cell_hash="h1")["x"] == 1.5
+    assert store.get("a", "b", cell_hash="h2") is None  # other settings: stale, recomputed
+
+
+def test_helpers():
+    common = _load("common")
+    rc = _load("ranking_consistency")
+    m, s = common.mean_std([1.0, 2.0, 3.0])
+    assert m == 2.0 and s == 1.0
+    assert common.mean_std([4.0]) == (4.0, 0.0)
+    assert common.parse_seeds("0-2") == [0, 1, 2] and common.parse_seeds("3,5") == [3, 5]
+    assert common.parse_subset("plain,real", list(common.SOURCES), "sources") == ["real", "plain"]
+    with pytest.raises(SystemExit):
+        common.parse_subset("nope", list(common.SOURCES), "sources")
+    assert common.deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+    c = rc.correlations([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0])
+    assert c["kendall_tau"] == pytest.approx(1.0) and c["spearman_rho"] == pytest.approx(1.0)
+    assert math.isnan(rc.correlations([1.0, 2.0, 3.0], [5.0, 5.0, 5.0])["kendall_tau"])
+    assert "| a | b |" in common.md_table(["a", "b"], [[1, 2]])
+
+
+@pytest.mark.integration
+def test_search_quality_smoke_cell_runs_and_resumes(tmp_path):
+    from dfnas.assets import asset_path, nb201_table_path
+
+    if asset_path("cifar10", "jpeg", "train") is None or nb201_table_path() is None:
+        pytest.skip("shared assets (CIFAR-10 JPEG, NAS-Bench-201 table) not found")
+    import torch
+
+    sq = _load("search_quality")
+    args = ["--budget", "smoke", "--sources", "noise", "--methods", "spos", "--threads", "1",
+            "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--quiet"]
+    threads = torch.get_num_threads()
+    try:
+        _run_and_check(sq, args, tmp_path)
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide: do not leak it into later tests
+
+
+def _run_and_check(sq: ModuleType, args: list[str], tmp_path: Path) -> None:
+    assert sq.main(args) == 0
+    summary = json.loads((tmp_path / "out" / "search_quality_smoke.json").read_text())
+    (cell,) = summary["cells"]
+    assert cell["source"] == "noise" and cell["method"] == "spos"
+    assert 0.0 < cell["nb201_cifar10"] <= 100.0
+    assert (tmp_path / "out" / "search_quality_smoke.png").is_file()
+    cell_file = tmp_path / "w" / "smoke" / "search_quality" / "cells" / "noise" / "spos" / "seed0.json"
+    before = cell_file.stat().st_mtime_ns
+    assert sq.main(args) == 0  # the finished cell is skipped, not recomputed
+    assert cell_file.stat().st_mtime_ns == before
