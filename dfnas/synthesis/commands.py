@@ -1,0 +1,59 @@
+"""One library call per CLI subcommand of the synthesis stage (the CLI only parses arguments)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dfnas.synthesis.config import make_config
+from dfnas.synthesis.inspect import evaluate_teacher, format_report, inspect_dataset
+from dfnas.synthesis.runner import synthesize
+from dfnas.teachers.loader import TeacherConfig
+
+
+def synthesize_command(out: str | Path, *, preset: str = "default", overrides: list[str] | None = None,
+                       method: str | None = None, teacher: str | None = None, weights: str | None = None,
+                       num_images: int | None = None, rounds: int | None = None, seed: int | None = None,
+                       device: str = "auto", real: str | None = None, allow_no_batchnorm: bool | None = None,
+                       overwrite: bool = False, progress: bool = True) -> Path:
+    """Build the config (preset, then ``--set`` overrides, then explicit flags) and synthesize into ``out``.
+
+    Under ``torchrun`` the shards are split across ranks with a barrier after each round.
+    """
+    from dfnas import distributed
+
+    cfg = make_config(preset, overrides, method=method, num_images=num_images, rounds=rounds, seed=seed,
+                      real_path=real, teacher_name=teacher, weights=weights,
+                      allow_no_batchnorm=allow_no_batchnorm or None)
+    ctx, dev = distributed.init_distributed(device)
+    barrier = (lambda: distributed.barrier(ctx)) if ctx.enabled else None
+    try:
+        return synthesize(cfg, out, device=dev, rank=ctx.rank, world_size=ctx.world_size,
+                          progress=progress and ctx.is_main, overwrite=overwrite, barrier=barrier)
+    finally:
+        if ctx.enabled:
+            distributed.shutdown()
+
+
+def inspect_command(dataset: str | Path, real: str | Path | None = None, teacher: str | None = None,
+                    weights: str | None = None, device: str = "auto", as_json: bool = False) -> str:
+    """Inspect ``dataset`` (optionally beside ``real``) and return the printable table (or JSON)."""
+    from dfnas.repro import resolve_device
+
+    tcfg: TeacherConfig | None = TeacherConfig(name=teacher, weights=weights) if teacher else None
+    if tcfg is None and weights:
+        from dfnas.data.shards import read_manifest
+
+        tcfg = TeacherConfig(name=read_manifest(dataset)["teacher"]["name"], weights=weights)
+    report = inspect_dataset(dataset, tcfg, real, device=resolve_device(device))
+    return json.dumps(report, indent=2) if as_json else format_report(report)
+
+
+def eval_teacher_command(data: str | Path, teacher: str = "cifar10_resnet20", weights: str | None = None,
+                         device: str = "auto", allow_no_batchnorm: bool = True) -> dict[str, Any]:
+    """Top-1 of a teacher on a real dataset (BatchNorm is not needed for evaluation, so it is not required)."""
+    from dfnas.repro import resolve_device
+
+    tcfg = TeacherConfig(name=teacher, weights=weights, allow_no_batchnorm=allow_no_batchnorm)
+    return evaluate_teacher(tcfg, data, device=resolve_device(device))

@@ -1,0 +1,133 @@
+"""``SynthesisConfig``: every knob of the synthesis stage, with the default CPU recipe and a ``tiny`` preset.
+
+Every loss term is switched by its weight (0 = off), so each ablation is one ``--set key=value``:
+``rounds=1`` (no recursive calibration), ``canvas_size=<input size>`` (no regional update),
+``bn_weight=0`` (no feature-statistics matching), ``tv_l2_weight=0`` ...
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfnas.config import apply_overrides, from_dict
+from dfnas.errors import ConfigError
+from dfnas.teachers.loader import TeacherConfig
+
+
+@dataclass
+class SynthesisConfig:
+    """How a synthetic (or baseline) dataset is produced. Sizes are pixels; fractions are of ``steps``."""
+
+    method: str = "full"  # a name in SYNTHESIS_METHODS: full | plain | noise | real_random
+    num_images: int = 500  # total over all rounds; earlier rounds get the remainder when it does not divide
+    rounds: int = 2  # recursive label calibration rounds; 1 = no recursion
+    batch_size: int = 250  # images optimized together (one shard per batch)
+    steps: int = 200  # optimizer steps per batch
+    lr: float = 0.1
+    adam_betas: tuple[float, float] = (0.5, 0.9)
+    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 0
+    canvas_size: int | None = None  # None -> input size * 1.25 (40 for 32 px); == input size turns regions off
+    per_image_regions: bool = False  # one random region per image instead of one offset for the whole batch
+    lowres_fraction: float = 0.3  # first fraction of steps optimizes a half-resolution canvas (0 = off)
+    jitter: int = 2  # random roll of the forwarded region by up to this many pixels
+    flip: bool = True  # random horizontal flip (p = 0.5) of the forwarded region
+    init_std: float = 0.2  # fresh noise: N(0.5, init_std^2), clamped to [0, 1]
+    ce_weight: float = 1.0
+    bn_weight: float = 0.05  # BatchNorm feature-statistics matching
+    first_bn_multiplier: float = 10.0  # the first BN layer sees pixel statistics; weight it up
+    tv_l1_weight: float = 0.0
+    tv_l2_weight: float = 1.0
+    l2_weight: float = 0.0
+    calibration_temperature: float = 2.0  # softmax temperature of the soft targets of rounds >= 1
+    label_mode: str = "auto"  # auto -> the method's default ("distill" for synthesis, "hard" for baselines)
+    noise_std: float = 0.25  # `noise` baseline: N(0.5, noise_std^2) pixels
+    real_path: str | None = None  # `real_random` baseline: a dataset read_real accepts
+    seed: int = 0
+    log_every: int = 10  # steps between JSON-lines log records
+    grid_per_class: int = 8  # columns of the per-class sample grid PNG
+    plots: bool = True  # write samples.png and loss_curves.png when the dataset completes
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_images >= 1, "num_images must be >= 1"),
+            (self.rounds >= 1, "rounds must be >= 1"),
+            (self.num_images >= self.rounds, f"num_images ({self.num_images}) must be >= rounds ({self.rounds})"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+             "adam_betas must be two numbers in [0, 1)"),
+            (0 <= self.warmup_fraction < 1, "warmup_fraction must lie in [0, 1)"),
+            (0 <= self.lowres_fraction < 1, "lowres_fraction must lie in [0, 1)"),
+            (self.jitter >= 0, "jitter must be >= 0"),
+            (self.init_std >= 0 and self.noise_std >= 0, "init_std and noise_std must be >= 0"),
+            (self.calibration_temperature > 0, "calibration_temperature must be > 0"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.grid_per_class >= 1, "grid_per_class must be >= 1"),
+            (self.label_mode in ("auto", "distill", "hard", "soft"),
+             f"label_mode must be auto, distill, hard or soft, got {self.label_mode!r}"),
+        ]
+        for w in ("ce_weight", "bn_weight", "first_bn_multiplier", "tv_l1_weight", "tv_l2_weight", "l2_weight"):
+            v = getattr(self, w)
+            checks.append((math.isfinite(v) and v >= 0, f"{w} must be a finite number >= 0, got {v}"))
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"synthesis config: {msg}")
+        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+
+    def images_per_round(self) -> list[int]:
+        """Images of each round; never increasing, so image i of round k+1 always has a parent in round k."""
+        base, extra = divmod(self.num_images, self.rounds)
+        return [base + (1 if r < extra else 0) for r in range(self.rounds)]
+
+    def shards_per_round(self) -> list[int]:
+        """Shards (batches) of each round."""
+        return [math.ceil(n / self.batch_size) for n in self.images_per_round()]
+
+    def resolved_canvas(self, input_size: int) -> int:
+        """The canvas side for a teacher taking ``input_size`` px inputs (auto = 1.25 x input)."""
+        c = self.canvas_size if self.canvas_size is not None else int(round(input_size * 1.25))
+        if self.canvas_size is None and self.lowres_fraction > 0:
+            c += c % 2  # the half-resolution phase needs an even canvas
+        if c < input_size:
+            raise ConfigError(f"synthesis config: canvas_size ({c}) must be >= the teacher's input size "
+                              f"({input_size})")
+        if self.lowres_fraction > 0 and (c % 2 or input_size % 2):
+            raise ConfigError(f"synthesis config: lowres_fraction > 0 needs an even canvas_size and input size, "
+                              f"got {c} and {input_size}; set lowres_fraction=0 or an even canvas_size")
+        if self.jitter >= input_size:
+            raise ConfigError(f"synthesis config: jitter ({self.jitter}) must be smaller than the input size "
+                              f"({input_size})")
+        return c
+
+
+# Presets are plain override dicts on top of the dataclass defaults, so `--set` composes with them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The default CPU recipe: 500 images (2 rounds x 250) from ResNet-20 in under 10 minutes on 2 cores.
+    "default": {},
+    # A few seconds on one core: for tests and smoke runs.
+    "tiny": {"num_images": 16, "rounds": 2, "batch_size": 4, "steps": 6, "log_every": 2, "grid_per_class": 2},
+}
+
+
+def make_config(preset: str = "default", overrides: list[str] | None = None, **fields: Any) -> SynthesisConfig:
+    """Build a SynthesisConfig from a preset, ``key=value`` overrides and keyword fields (applied last).
+
+    Keyword fields that are None are ignored, so CLI flags left unset keep the preset's value.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown synthesis preset {preset!r}; expected one of: {', '.join(sorted(PRESETS))}")
+    data = apply_overrides(dict(PRESETS[preset]), list(overrides or []))
+    teacher_fields = {k: fields.pop(k) for k in ("teacher_name", "weights", "allow_no_batchnorm")
+                      if k in fields}
+    data.update({k: v for k, v in fields.items() if v is not None})
+    teacher = dict(data.get("teacher") or {})
+    for key, name in (("teacher_name", "name"), ("weights", "weights"), ("allow_no_batchnorm", "allow_no_batchnorm")):
+        if teacher_fields.get(key) is not None:
+            teacher[name] = teacher_fields[key]
+    if teacher:
+        data["teacher"] = teacher
+    return from_dict(SynthesisConfig, data, where="synthesis config")

@@ -1,0 +1,237 @@
+"""``synthesize``: rounds, shards, resume, ranks, manifest, logs and pictures around a data-source method.
+
+Layout of the output directory (see ``dfnas/data/shards.py`` for the shard format)::
+
+    OUT/manifest.json            complete=false while running, true once every shard exists
+    OUT/shards/rRR_sSSSS.npz     one per (round, batch); written atomically
+    OUT/synthesis_log.jsonl      loss terms every ``log_every`` steps (one file per rank)
+    OUT/samples.png              rows = classes
+    OUT/loss_curves.png
+
+Shard (r, s) draws all its randomness from generators seeded by ``derive_seed(seed, r, s, ...)`` and its
+targets from round r-1's stored logits, so a killed run that is restarted produces exactly the data of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfnas.config import to_dict
+from dfnas.data.shards import MANIFEST, list_shards, read_manifest, read_shard, shard_path, write_shard
+from dfnas.errors import ConfigError, DataError, DfnasError
+from dfnas.io import MetricLogger, atomic_write_json, config_hash, ensure_writable_dir, environment_info
+from dfnas.repro import make_generator, resolve_device
+from dfnas.synthesis.config import SynthesisConfig
+from dfnas.synthesis.methods import SYNTHESIS_METHODS, ShardContext, ShardJob, SynthesisMethod
+from dfnas.synthesis.optimize import StepRecord, centre_crop
+from dfnas.synthesis.plots import save_loss_curves, save_sample_grid
+from dfnas.teachers.loader import load_teacher
+from dfnas.teachers.teacher import Teacher
+
+OUTPUT_FILES = ("samples.png", "loss_curves.png")
+# settings that change only logs or pictures, never the data: left out of the config hash
+_NOT_HASHED = ("log_every", "grid_per_class", "plots")
+_TEACHER_NOT_HASHED = ("weights", "download")
+
+
+def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMethod) -> SynthesisConfig:
+    """Apply what the method forces, the auto canvas and label mode, and the no-BatchNorm fallback."""
+    input_size = teacher.spec.input_size
+    cfg = method.resolve(cfg, input_size)
+    if cfg.bn_weight > 0 and not teacher.batchnorms():
+        warnings.warn(f"teacher {teacher.spec.name!r} has no BatchNorm layers: the feature-statistics term is "
+                      "off (bn_weight=0)", stacklevel=3)
+        cfg = dataclasses.replace(cfg, bn_weight=0.0)
+    label_mode = method.label_mode if cfg.label_mode == "auto" else cfg.label_mode
+    return dataclasses.replace(cfg, canvas_size=cfg.resolved_canvas(input_size), label_mode=label_mode)
+
+
+def dataset_hash(resolved: dict[str, Any], teacher: Teacher) -> str:
+    """Hash of everything that determines the data: resolved config and teacher identity (not its path)."""
+    cfg = {k: v for k, v in resolved.items() if k not in _NOT_HASHED}
+    cfg["teacher"] = {k: v for k, v in cfg["teacher"].items() if k not in _TEACHER_NOT_HASHED}
+    ident = {k: v for k, v in teacher.spec.identity().items() if k != "source"}
+    return config_hash({"config": cfg, "teacher": ident})
+
+
+def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True) -> dict[str, Any] | None:
+    """Check ``out`` may receive this dataset; return its existing manifest when resuming the same config.
+
+    Only the main rank (``main``) replaces an old dataset or insists on an empty directory: other ranks may
+    arrive after it has started writing.
+    """
+    ensure_writable_dir(out, "output directory")
+    if (out / MANIFEST).is_file():
+        man = read_manifest(out)
+        if man.get("config_hash") == chash:
+            return man
+        if not overwrite or not main:
+            raise DfnasError(f"output directory {str(out)!r} already holds a dataset made with a different config "
+                             f"(config_hash {man.get('config_hash')} != {chash}); use another --out, or pass "
+                             "--overwrite to replace it")
+        # explicit --overwrite: remove only the files this stage writes
+        for _r, _s, p in list_shards(out):
+            p.unlink()
+        for name in (MANIFEST, *OUTPUT_FILES, *[p.name for p in out.glob("synthesis_log*.jsonl")]):
+            (out / name).unlink(missing_ok=True)
+        return None
+    leftovers = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    if leftovers and main:
+        raise DfnasError(f"output directory {str(out)!r} is not empty and holds no dataset manifest "
+                         f"(found {leftovers[:3]}); choose a new or empty --out")
+    return None
+
+
+def _parent_targets(out: Path, round_idx: int, expected: int, temperature: float) -> torch.Tensor:
+    """Soft targets softmax(logits / T) (N, K) of round ``round_idx`` from its stored shards, in image order."""
+    parts = [read_shard(p) for r, _, p in list_shards(out) if r == round_idx]
+    n = sum(len(p["logits"]) for p in parts)
+    if n != expected:
+        raise DataError(f"round {round_idx} of {str(out)!r} has {n} of {expected} images on disk; with several "
+                        "ranks, every rank must finish a round before the next one starts (pass barrier=)")
+    logits = torch.from_numpy(np.concatenate([p["logits"] for p in parts]))
+    return torch.softmax(logits.double() / temperature, dim=1).float()
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: Teacher, images: torch.Tensor, input_size: int, batch: int = 500) -> torch.Tensor:
+    """Logits (N, K) of the centre crops of uint8 canvases (N, C, H, W): what a reader of the shard sees."""
+    x = centre_crop(images, input_size).float().div(255.0)
+    return teacher.predict(x, batch)
+
+
+def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = None,
+               device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, progress: bool = True,
+               real_path: str | Path | None = None, overwrite: bool = False,
+               barrier: Callable[[], None] | None = None) -> Path:
+    """Produce the dataset described by ``cfg`` in ``out`` (resuming a killed run of the same config).
+
+    This rank makes the shards whose index % ``world_size`` == ``rank``. With several ranks, pass ``barrier``
+    (e.g. ``torch.distributed.barrier``); it is called after every round. Rank 0 marks the dataset complete
+    once every shard exists. Returns ``out``.
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    device = resolve_device(device)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
+    if real_path is not None:
+        cfg = dataclasses.replace(cfg, real_path=str(real_path))
+    method = SYNTHESIS_METHODS.build(cfg.method)
+    teacher = load_teacher(cfg.teacher, device) if teacher is None else teacher.to(device)
+    cfg = resolve_config(cfg, teacher, method)
+    resolved = to_dict(cfg)
+    resolved["teacher"]["name"] = teacher.spec.name
+    chash = dataset_hash(resolved, teacher)
+    existing = _prepare_dir(out, chash, overwrite) if rank == 0 else None
+    manifest: dict[str, Any] = existing or {
+        "complete": False, "input_size": teacher.spec.input_size, "canvas_size": cfg.canvas_size,
+        "class_names": list(teacher.spec.class_names), "label_mode": cfg.label_mode, "method": cfg.method,
+        "teacher": teacher.spec.identity(), "config_hash": chash, "config": resolved, "seed": cfg.seed,
+        "num_images": cfg.num_images, "rounds": cfg.rounds, "images_per_round": cfg.images_per_round(),
+        "environment": environment_info(), "device": str(device), "world_size": world_size,
+    }
+    if existing is None and rank == 0:
+        atomic_write_json(out / MANIFEST, manifest)
+    if barrier is not None:  # the other ranks look only once rank 0 has checked/created the directory
+        barrier()
+    if rank != 0:
+        existing = _prepare_dir(out, chash, overwrite, main=False)
+        manifest = existing or manifest
+    if existing is not None and existing.get("complete"):
+        return out
+    method.prepare(cfg, teacher)
+
+    per_round, shards = cfg.images_per_round(), cfg.shards_per_round()
+    done = {(r, s) for r, s, _ in list_shards(out)}
+    mine = [(r, s) for r in range(cfg.rounds) for s in range(shards[r]) if s % world_size == rank]
+    todo = [rs for rs in mine if rs not in done]
+    log_name = "synthesis_log.jsonl" if rank == 0 else f"synthesis_log.rank{rank}.jsonl"
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo) * method.steps_per_shard(cfg), disable=not progress, desc="synthesis",
+               unit="step", dynamic_ncols=True)
+    try:
+        with MetricLogger(out / log_name, tensorboard=False) as logger:
+            for r in range(cfg.rounds):
+                todo_r = [s for rr, s in todo if rr == r]
+                if todo_r:
+                    parents = None if r == 0 else _parent_targets(out, r - 1, per_round[r - 1],
+                                                                  cfg.calibration_temperature)
+                    for s in todo_r:
+                        _make_shard(method, cfg, teacher, device, out, r, s, per_round[r], parents, logger, bar)
+                if barrier is not None and r < cfg.rounds - 1:
+                    barrier()
+    finally:
+        bar.close()
+    if barrier is not None:
+        barrier()
+    if rank == 0:
+        finalize_dataset(out, cfg, manifest, time.perf_counter() - t_start)
+    return out
+
+
+def _make_shard(method: SynthesisMethod, cfg: SynthesisConfig, teacher: Teacher, device: torch.device, out: Path,
+                r: int, s: int, n_round: int, parents: torch.Tensor | None, logger: MetricLogger,
+                bar: Any) -> None:
+    """Produce and atomically write shard (r, s); nothing is written when anything fails."""
+    t0 = time.perf_counter()
+    start = s * cfg.batch_size
+    count = min(cfg.batch_size, n_round - start)
+    job = ShardJob(r, s, start, count, None if parents is None else parents[start:start + count])
+
+    def on_log(rec: StepRecord) -> None:
+        logger.log({"round": r, "shard": s, "step": rec.step, "lr": rec.lr, "loss": rec.total,
+                    **{f"loss_{k}": v for k, v in rec.terms.items()}, "acc": rec.acc}, step=None)
+        bar.set_postfix(round=r, shard=s, loss=f"{rec.total:.3g}", acc=f"{rec.acc:.2f}")
+
+    ctx = ShardContext(cfg, teacher, device, teacher.spec.input_size, int(cfg.canvas_size or 0),
+                       init_gen=make_generator(cfg.seed, r, s, "init", device=device),
+                       geom_gen=make_generator(cfg.seed, r, s, "geometry"), on_log=on_log,
+                       on_step=lambda: bar.update(1))
+    steps_before = bar.n
+    images, targets = method.make_shard(ctx, job)  # (N, C, H, W) uint8, (N, K)
+    bar.update(method.steps_per_shard(cfg) - (bar.n - steps_before))
+    logits = _teacher_logits(teacher, images, teacher.spec.input_size)
+    write_shard(shard_path(out, r, s), images.permute(0, 2, 3, 1).cpu().numpy(),
+                targets.float().cpu().numpy(), logits.float().cpu().numpy(), np.full(count, r, dtype=np.int16))
+    agree = float((logits.argmax(1) == targets.argmax(1)).float().mean())
+    logger.log({"event": "shard_done", "round": r, "shard": s, "images": count,
+                "agreement": agree, "seconds": time.perf_counter() - t0})
+
+
+def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], seconds: float) -> bool:
+    """When every shard exists: pictures, a summary and ``complete=true`` in the manifest. Returns success."""
+    shards = cfg.shards_per_round()
+    have = {(r, s): p for r, s, p in list_shards(out)}
+    if any((r, s) not in have for r in range(cfg.rounds) for s in range(shards[r])):
+        return False  # other ranks are still working; running rank 0 again finalizes
+    parts = [read_shard(have[(r, s)]) for r in range(cfg.rounds) for s in range(shards[r])]
+    images = torch.from_numpy(np.concatenate([p["images"] for p in parts])).permute(0, 3, 1, 2)
+    targets = np.concatenate([p["targets"] for p in parts])
+    logits = np.concatenate([p["logits"] for p in parts])
+    rounds = np.concatenate([p["rounds"] for p in parts])
+    labels = torch.from_numpy(targets.argmax(1))
+    agree = logits.argmax(1) == targets.argmax(1)
+    if cfg.plots:
+        save_sample_grid(images, labels, list(manifest["class_names"]), out / "samples.png", cfg.grid_per_class)
+        save_loss_curves(sorted(out.glob("synthesis_log*.jsonl")), out / "loss_curves.png")
+    manifest = dict(manifest)
+    manifest["complete"] = True
+    manifest["summary"] = {
+        "images": int(len(labels)),
+        "agreement_per_round": [float(agree[rounds == r].mean()) for r in range(cfg.rounds)],
+        "class_counts": np.bincount(labels.numpy(), minlength=len(manifest["class_names"])).tolist(),
+        "seconds_last_invocation": round(seconds, 2),
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    return True

@@ -1,0 +1,103 @@
+"""Real-data readers (npz, ImageFolder, CIFAR python batches) and the shard round trip."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dfnas.data import open_dataset, read_real
+from dfnas.data.shards import read_shard, shard_path, write_shard
+from dfnas.errors import DataError
+
+
+def _images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, size, size, 3), generator=g, dtype=torch.uint8).numpy()
+
+
+def test_read_npz(tmp_path: Path) -> None:
+    imgs, labels = _images(6), np.array([0, 1, 2, 0, 1, 2], dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=imgs, labels=labels)
+    ds = read_real(tmp_path / "d.npz")
+    assert len(ds) == 6 and ds.num_classes == 3 and ds.input_size == 8 and ds.label_mode == "hard"
+    assert torch.equal(ds.images, torch.from_numpy(imgs).permute(0, 3, 1, 2))
+    assert ds.hard_labels.tolist() == labels.tolist()
+    assert len(read_real(tmp_path / "d.npz", limit_per_class=1)) == 3
+    np.savez(tmp_path / "bad.npz", pixels=imgs)
+    with pytest.raises(DataError, match="'images'"):
+        read_real(tmp_path / "bad.npz")
+    np.savez(tmp_path / "float.npz", images=imgs.astype(np.float32), labels=labels)
+    with pytest.raises(DataError, match="uint8"):
+        read_real(tmp_path / "float.npz")
+    (tmp_path / "junk.npz").write_bytes(b"nope")
+    with pytest.raises(DataError, match="not a readable"):
+        read_real(tmp_path / "junk.npz")
+    with pytest.raises(DataError, match="does not exist"):
+        read_real(tmp_path / "missing.npz")
+
+
+def test_read_imagefolder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    imgs = _images(5)
+    root = tmp_path / "tree"
+    layout = {"cat": [0, 1], "dog": [2, 3, 4]}
+    for cls, idx in layout.items():
+        (root / cls).mkdir(parents=True)
+        for i in idx:
+            Image.fromarray(imgs[i]).save(root / cls / f"{i:04d}.png")  # PNG: lossless, exact pixels
+    (root / "cat" / "readme.txt").write_text("ignored")
+    ds = open_dataset(root)
+    assert ds.class_names == ["cat", "dog"] and ds.hard_labels.tolist() == [0, 0, 1, 1, 1]
+    assert torch.equal(ds.images[2], torch.from_numpy(imgs[2]).permute(2, 0, 1))
+    assert len(read_real(root, limit_per_class=1)) == 2
+    Image.fromarray(_images(1, size=9)[0]).save(root / "dog" / "9999.png")
+    with pytest.raises(DataError, match="different sizes"):
+        read_real(root)
+    (root / "dog" / "9999.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match="cannot be read"):
+        read_real(root)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no class sub-directories"):
+        read_real(empty)
+
+
+def test_read_cifar_batch_pickle(tmp_path: Path) -> None:
+    imgs = _images(4, size=32)
+    # CIFAR python format: rows of 3072 bytes, channel-major (R plane, G plane, B plane)
+    data = imgs.transpose(0, 3, 1, 2).reshape(4, -1)
+    root = tmp_path / "cifar"
+    root.mkdir()
+    with open(root / "data_batch_1", "wb") as fh:
+        pickle.dump({b"data": data, b"labels": [3, 1, 4, 1]}, fh)
+    with open(root / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": data[:1], b"labels": [9]}, fh)
+    ds = read_real(root)
+    assert len(ds) == 5 and ds.num_classes == 10 and ds.class_names[3] == "cat"
+    assert ds.hard_labels.tolist() == [3, 1, 4, 1, 9]
+    assert torch.equal(ds.images[:4], torch.from_numpy(imgs).permute(0, 3, 1, 2))
+    single = read_real(root / "data_batch_2")
+    assert len(single) == 1
+    (root / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
+        read_real(root)
+
+
+def test_shard_round_trip_and_checks(tmp_path: Path) -> None:
+    imgs = _images(3, size=10)
+    t = np.eye(4, dtype=np.float32)[[0, 1, 2]]
+    p = write_shard(shard_path(tmp_path, 1, 2), imgs, t, t * 3, np.array([1, 1, 1]))
+    assert p.name == "r01_s0002.npz"
+    back = read_shard(p)
+    assert np.array_equal(back["images"], imgs) and back["rounds"].dtype == np.int16
+    with pytest.raises(DataError, match="disagree"):
+        write_shard(shard_path(tmp_path, 0, 0), imgs, t[:2], t[:2], np.zeros(2))
+    assert not shard_path(tmp_path, 0, 0).exists()
+    p.write_bytes(b"torn")
+    with pytest.raises(DataError, match="corrupt"):
+        read_shard(p)
