@@ -128,6 +128,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b.c": value}`` (used to name the keys in which two configs differ)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten_dict(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, returning a new dict."""
     import copy

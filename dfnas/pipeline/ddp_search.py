@@ -31,11 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dfnas import distributed as D
-from dfnas.config import from_dict, to_dict
 from dfnas.errors import DfnasError
-
-# loop settings that do not change results (as in dfnas.search.api): left out of the resume identity
-_CADENCE_KEYS = ("checkpoint_every_steps", "log_every_steps")
 
 
 class _GatherBatch(torch.autograd.Function):
@@ -189,43 +185,21 @@ def _start_from_rank0(out_dir: Path, rank_dir: Path, ctx: D.DistContext) -> None
 def run_search_ddp(cfg: Any, data: Any, out: str | Path, device: torch.device, ctx: D.DistContext,
                    progress: bool = True, table_path: str | Path | None = None, teacher: Any = None) -> Any:
     """``run_search`` for a torchrun job (see the module docstring); returns a SearchResult on every rank."""
-    from dfnas.data import ImageSet, open_dataset
-    from dfnas.io import atomic_write_json
-    from dfnas.repro import make_generator
-    from dfnas.search.api import SearchConfig, SearchResult, make_space, run_search
-    from dfnas.search.base import build_method
-    from dfnas.search.losses import Criterion
-    from dfnas.search.report import plot_progress, write_arch_files
-    from dfnas.search.rundir import dataset_info, prepare_run_dir, resolve_teacher, teacher_identity, with_label_mode
+    from dfnas.search.api import SearchResult, finish_search, prepare_search, run_search
+    from dfnas.search.loop import run_loop
+    from dfnas.search.rundir import prepare_run_dir
 
     if not ctx.enabled:
         return run_search(cfg, data, out, device=device, progress=progress, table_path=table_path, teacher=teacher)
-    if not isinstance(cfg, SearchConfig):
-        cfg = from_dict(SearchConfig, dict(cfg), "search")
-    cfg.check()
-    ds = data if isinstance(data, ImageSet) else open_dataset(data)
-    ds = with_label_mode(ds, cfg.label_mode)
-    space = make_space(cfg.space, ds)
-    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip())
-    train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
-    tch = resolve_teacher(teacher, device, ds)
     # the same identity as run_search, so a search can be resumed with any number of processes
-    loop_cfg = to_dict(cfg.loop())
-    identity = {
-        "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
-        "space": space.config(), "loop": {k: v for k, v in loop_cfg.items() if k not in _CADENCE_KEYS},
-        "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
-        "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
-    }
-    record = {"search": {**to_dict(cfg), "epochs": _epochs(cfg)}, "device": str(device),
-              "split": {"train": len(train), "held_out": len(held)},
-              "space": space.config(), "dataset": identity["dataset"], "online_teacher": identity["online_teacher"],
-              "world_size": ctx.world_size}
+    setup = prepare_search(cfg, data, device, teacher)
+    setup.record["world_size"] = ctx.world_size
+    cfg, space = setup.cfg, setup.space
     out_dir = Path(out)
     err, h = None, None
     if ctx.is_main:
         try:
-            out_dir, h = prepare_run_dir(out, identity, record)
+            out_dir, h = prepare_run_dir(out, setup.identity, setup.record)
         except DfnasError as e:
             err = str(e)
     err, h = D.broadcast_object((err, h), ctx)
@@ -234,40 +208,14 @@ def run_search_ddp(cfg: Any, data: Any, out: str | Path, device: torch.device, c
     rank_dir = _rank_dir(out_dir, ctx)
     _start_from_rank0(out_dir, rank_dir, ctx)
 
-    method = build_method(cfg.method, space, cfg.method_options(), make_generator(cfg.seed, "method", cfg.method),
-                          device)
-    from dfnas.search.loop import run_loop
-
-    outcome = run_loop(DistributedMethod(method, ctx), train, held, cfg.loop(),  # type: ignore[arg-type]
-                       Criterion(ds.label_mode, cfg.temperature, tch), rank_dir, device, h, cfg.seed,
+    outcome = run_loop(DistributedMethod(setup.build_method(), ctx), setup.train, setup.held,  # type: ignore[arg-type]
+                       cfg.loop(), setup.criterion(), rank_dir, setup.device, h, cfg.seed,
                        progress=progress, desc=f"search[{cfg.method}/{space.name} x{ctx.world_size}]")
     arch = outcome.arch
     result = None
     if ctx.is_main:
-        result = _result(cfg, space, arch, outcome, table_path)
-        result["world_size"] = ctx.world_size
-        write_arch_files(out_dir, space, arch, {"method": cfg.method, "config_hash": h})
-        atomic_write_json(out_dir / "result.json", result)
-        plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"{cfg.method} on {space.name}: {arch}")
+        result = finish_search(setup, outcome, out_dir, h, table_path, {"world_size": ctx.world_size})
     result = D.broadcast_object(result, ctx)
     if str(arch) != result["arch_str"]:
         raise DfnasError(f"rank {ctx.rank} found {arch} but rank 0 found {result['arch_str']}: the ranks diverged")
     return SearchResult(arch, space, out_dir, result, outcome.model)
-
-
-def _epochs(cfg: Any) -> int:
-    """The epochs the loop runs (``SearchConfig.epochs`` may be None: the method's default)."""
-    resolved = getattr(cfg, "resolved_epochs", None)
-    return int(resolved()) if callable(resolved) else int(cfg.epochs)
-
-
-def _result(cfg: Any, space: Any, arch: Any, outcome: Any, table_path: str | Path | None) -> dict[str, Any]:
-    """result.json's content, as ``run_search`` writes it."""
-    from dfnas.search.report import nb201_ground_truth
-    from dfnas.spaces.flops import space_cost
-
-    gt, note = nb201_ground_truth(space, arch, table_path)
-    return {"arch": arch.to_json(), "arch_str": str(arch), "method": cfg.method, "space": space.config(),
-            **space_cost(space, arch), "search_time_s": round(outcome.elapsed_s, 2), "weight_steps": outcome.steps,
-            "epochs": _epochs(cfg), "final_held_out": outcome.last_eval or None, "nb201": gt, "nb201_note": note,
-            **outcome.extra}

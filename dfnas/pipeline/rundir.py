@@ -16,22 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dfnas.config import to_dict
+from dfnas.config import flatten_dict, to_dict
 from dfnas.errors import DfnasError
 from dfnas.io import atomic_write_json, ensure_writable_dir, environment_info, read_json
 from dfnas.pipeline.config import RunConfig
 
 RUN_KIND = "dfnas-run"
 STAGES = ("teacher", "synthesis", "search", "train", "export", "report")
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def prepare_run_dir(out: str | Path, cfg: RunConfig, write: bool = True) -> Path:
@@ -48,7 +39,7 @@ def prepare_run_dir(out: str | Path, cfg: RunConfig, write: bool = True) -> Path
             raise DfnasError(f"{str(out_dir)!r} holds another kind of output (its config.json is not a `dfnas run` "
                              "configuration); choose another --out")
         if old.get("config_hash") != h:
-            a, b = _flatten(old.get("identity", {})), _flatten(cfg.identity())
+            a, b = flatten_dict(old.get("identity", {})), flatten_dict(cfg.identity())
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
             raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}"

@@ -127,6 +127,68 @@ def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = No
     return build_space(sc.name, **opts)
 
 
+@dataclass
+class SearchSetup:
+    """Everything a search needs before the loop starts (shared by ``run_search`` and the torchrun path)."""
+
+    cfg: SearchConfig
+    device: torch.device
+    ds: ImageSet
+    space: Space
+    train: ImageSet
+    held: ImageSet
+    teacher: Any
+    identity: dict[str, Any]  # what a resumed run must match (written to config.json, hashed)
+    record: dict[str, Any]  # what config.json records besides the identity
+
+    def build_method(self) -> Any:
+        cfg = self.cfg
+        return build_method(cfg.method, self.space, cfg.method_options(),
+                            make_generator(cfg.seed, "method", cfg.method), self.device)
+
+    def criterion(self) -> Criterion:
+        return Criterion(self.ds.label_mode, self.cfg.temperature, self.teacher)
+
+
+def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path,
+                   device: str | torch.device | None = None, teacher: Any = None) -> SearchSetup:
+    """Validate the config and data, build the space, split the data and describe the run's identity."""
+    if not isinstance(cfg, SearchConfig):
+        cfg = from_dict(SearchConfig, dict(cfg), "search")
+    cfg.check()
+    dev = resolve_device(device if device is not None else cfg.device)
+    ds = data if isinstance(data, ImageSet) else open_dataset(data)
+    ds = with_label_mode(ds, cfg.label_mode)
+    space = make_space(cfg.space, ds)
+    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip())
+    train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
+    tch = resolve_teacher(teacher, dev, ds)
+    loop_cfg = to_dict(cfg.loop())
+    identity = {
+        "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
+        "space": space.config(), "loop": {k: v for k, v in loop_cfg.items() if k not in _CADENCE_KEYS},
+        "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
+        "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
+    }
+    record = {"search": {**to_dict(cfg), "epochs": cfg.resolved_epochs()}, "device": str(dev),
+              "split": {"train": len(train), "held_out": len(held)},
+              "space": space.config(), "dataset": identity["dataset"], "online_teacher": identity["online_teacher"]}
+    return SearchSetup(cfg, dev, ds, space, train, held, tch, identity, record)
+
+
+def finish_search(setup: SearchSetup, outcome: Any, out_dir: Path, config_hash: str,
+                  table_path: str | Path | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write arch.json/arch.txt, result.json and progress.png for a finished loop; return the result."""
+    cfg, space, arch = setup.cfg, setup.space, outcome.arch
+    result = _result(cfg, space, arch, outcome.elapsed_s, outcome.steps, outcome.last_eval, table_path)
+    result.update(outcome.extra)
+    result.update(extra or {})
+    write_arch_files(out_dir, space, arch, {"method": cfg.method, "config_hash": config_hash})
+    atomic_write_json(out_dir / "result.json", result)
+    plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"{cfg.method} on {space.name}: {arch}")
+    return result
+
+
 def run_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path, out: str | Path,
                device: str | torch.device | None = None, progress: bool = True,
                table_path: str | Path | None = None, teacher: Any = None,
@@ -138,41 +200,14 @@ def run_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path, 
     assets settings); ``on_step(ctx)`` is called after every weight step (tests, benchmarks).
     Rerunning with the same arguments resumes an interrupted search or returns a finished one.
     """
-    if not isinstance(cfg, SearchConfig):
-        cfg = from_dict(SearchConfig, dict(cfg), "search")
-    cfg.check()
-    dev = resolve_device(device if device is not None else cfg.device)
-    ds = data if isinstance(data, ImageSet) else open_dataset(data)
-    ds = with_label_mode(ds, cfg.label_mode)
-    space = make_space(cfg.space, ds)
-    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip())
-    train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
-    tch = resolve_teacher(teacher, dev, ds)
-
-    loop_cfg = to_dict(cfg.loop())
-    identity = {
-        "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
-        "space": space.config(), "loop": {k: v for k, v in loop_cfg.items() if k not in _CADENCE_KEYS},
-        "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
-        "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
-    }
-    record = {"search": {**to_dict(cfg), "epochs": cfg.resolved_epochs()}, "device": str(dev),
-              "split": {"train": len(train), "held_out": len(held)},
-              "space": space.config(), "dataset": identity["dataset"], "online_teacher": identity["online_teacher"]}
-    out_dir, h = prepare_run_dir(out, identity, record)
-
-    method = build_method(cfg.method, space, cfg.method_options(), make_generator(cfg.seed, "method", cfg.method),
-                          dev)
-    criterion = Criterion(ds.label_mode, cfg.temperature, tch)
-    outcome = run_loop(method, train, held, cfg.loop(), criterion, out_dir, dev, h, cfg.seed, progress=progress,
-                       on_step=on_step, desc=f"search[{cfg.method}/{space.name}]")
-    arch = outcome.arch
-    result = _result(cfg, space, arch, outcome.elapsed_s, outcome.steps, outcome.last_eval, table_path)
-    result.update(outcome.extra)
-    write_arch_files(out_dir, space, arch, {"method": cfg.method, "config_hash": h})
-    atomic_write_json(out_dir / "result.json", result)
-    plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"{cfg.method} on {space.name}: {arch}")
-    return SearchResult(arch, space, out_dir, result, outcome.model)
+    setup = prepare_search(cfg, data, device, teacher)
+    cfg, space = setup.cfg, setup.space
+    out_dir, h = prepare_run_dir(out, setup.identity, setup.record)
+    outcome = run_loop(setup.build_method(), setup.train, setup.held, cfg.loop(), setup.criterion(), out_dir,
+                       setup.device, h, cfg.seed, progress=progress, on_step=on_step,
+                       desc=f"search[{cfg.method}/{space.name}]")
+    result = finish_search(setup, outcome, out_dir, h, table_path)
+    return SearchResult(outcome.arch, space, out_dir, result, outcome.model)
 
 
 def _result(cfg: SearchConfig, space: Space, arch: Arch, elapsed: float, steps: int, last_eval: dict[str, float],

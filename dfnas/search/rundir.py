@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfnas.config import flatten_dict
 from dfnas.data.imageset import ImageSet
 from dfnas.errors import DataError, DfnasError
 from dfnas.io import atomic_write_json, config_hash, ensure_writable_dir, environment_info, read_json
@@ -71,15 +72,6 @@ def teacher_identity(teacher: Any) -> dict[str, Any] | None:
     return spec.identity() if spec is not None else {"class": type(teacher).__name__}
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def prepare_run_dir(out: str | Path, identity: dict[str, Any], record: dict[str, Any]) -> tuple[Path, str]:
     """Create ``out``, check it holds no run of another configuration, write ``config.json``; return
     (directory, configuration hash)."""
@@ -90,7 +82,7 @@ def prepare_run_dir(out: str | Path, identity: dict[str, Any], record: dict[str,
     if cfg_path.exists():
         old = read_json(cfg_path, what="run configuration")
         if old.get("config_hash") != h:
-            a, b = _flatten(old.get("identity", {})), _flatten(identity)
+            a, b = flatten_dict(old.get("identity", {})), flatten_dict(identity)
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
             raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}"
