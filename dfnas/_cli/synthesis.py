@@ -9,13 +9,20 @@ import json
 def _synthesize(args: argparse.Namespace) -> int:
     from dfnas.synthesis.commands import synthesize_command
 
-    out = synthesize_command(args.out, preset=args.preset, overrides=args.set, method=args.method,
-                             teacher=args.teacher, weights=args.weights, num_images=args.num_images,
+    out = synthesize_command(args.out, preset=args.preset, overrides=args.set + _teacher_declarations(args),
+                             method=args.method, teacher=args.teacher, weights=args.weights, num_images=args.num_images,
                              rounds=args.rounds, seed=args.seed, device=args.device, real=args.real,
                              allow_no_batchnorm=args.allow_no_batchnorm, overwrite=args.overwrite,
                              progress=not args.quiet)
     print(f"dataset written to {out}")
     return 0
+
+
+def _teacher_declarations(args: argparse.Namespace) -> list[str]:
+    """``--input-size 64`` etc. as ``teacher.input_size=64`` overrides of the SynthesisConfig."""
+    pairs = [("input_size", args.input_size), ("in_channels", args.in_channels), ("num_classes", args.num_classes),
+             ("mean", args.mean), ("std", args.std)]
+    return [f"teacher.{k}={v}" for k, v in pairs if v is not None]
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -52,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--real", default=None, help="real dataset for --method real_random")
     p.add_argument("--allow-no-batchnorm", action="store_true",
                    help="accept a teacher without BatchNorm (the feature-statistics term is then off)")
+    p.add_argument("--input-size", type=int, default=None, help="teacher input size in px (default 32)")
+    p.add_argument("--in-channels", type=int, default=None, help="teacher input channels (default 3)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="declared class count, checked against the teacher's output (default: inferred)")
+    p.add_argument("--mean", default=None, help="per-channel normalization mean, e.g. [0.5,0.5,0.5]")
+    p.add_argument("--std", default=None, help="per-channel normalization std, e.g. [0.5,0.5,0.5]")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset of a different config in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synthesize)
