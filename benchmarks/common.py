@@ -88,6 +88,25 @@ DATA_BUDGETS: dict[str, DataBudget] = {
 # command line and environment
 # --------------------------------------------------------------------------------------------------------
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def make_parser(doc: str | None, budgets: Sequence[str]) -> argparse.ArgumentParser:
+    """The evidence scripts' parser: description from the module docstring, plus the shared flags."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, budgets)
+    return p
+
+
 def add_common_args(p: argparse.ArgumentParser, budgets: Sequence[str]) -> None:
     """The flags every benchmark script shares."""
     p.add_argument("--budget", choices=list(budgets), default="cpu",

@@ -173,17 +173,11 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xlim(0, 100)
     ax.set_title(f"Found network trained from scratch ({summary['budget']} budget; blue = data-free)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, list(BUDGETS))
+    p = common.make_parser(__doc__, list(BUDGETS))
     p.add_argument("--arch", default=None, help="NAS-Bench-201 cell string (default: best found by search_quality)")
     p.add_argument("--variants", default="all", help=f"comma-separated subset of {list(VARIANTS)}")
     p.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the budget's)")

@@ -24,7 +24,6 @@ benchmarks/_work/<budget>/ranking_consistency/cells/. Writes ranking_consistency
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -312,19 +311,13 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     axes[0][0].legend(fontsize=6)
     fig.suptitle(f"Ranking consistency ({summary['budget']} budget); τ = Kendall tau real test / held-out",
                  fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, list(BUDGETS))
+    p = common.make_parser(__doc__, list(BUDGETS))
     p.add_argument("--sources", default="all", help=f"comma-separated subset of {list(SOURCES)}")
     p.add_argument("--no-spos", action="store_true", help="skip the SPOS inherited-weight proxy")
     p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")

@@ -18,7 +18,6 @@ search_quality_<budget>.{json,md,png} into --out.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -253,19 +252,13 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("NAS-Bench-201 CIFAR-10 test acc. of found cell (%)")
     ax.set_title(f"Search quality by data source ({summary['budget']} budget; dots = seeds, ◆ = mean ± std)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, list(BUDGETS))
+    p = common.make_parser(__doc__, list(BUDGETS))
     p.add_argument("--sources", default="all", help=f"comma-separated subset of {list(SOURCES)}")
     p.add_argument("--methods", default="all", help=f"comma-separated subset of {list(METHODS)}")
     p.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-4 (default: the budget's)")
