@@ -33,6 +33,12 @@ def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Pat
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write via ``write(fh)`` to a temp file in the same directory, fsync, then rename over ``path``.
 
@@ -46,6 +52,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, p)
     except OSError as e:
         with contextlib.suppress(OSError):
