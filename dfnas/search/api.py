@@ -28,7 +28,7 @@ from dfnas.io import atomic_write_json
 from dfnas.repro import make_generator, resolve_device
 from dfnas.search.base import build_method, get_method_cls
 from dfnas.search.darts import DartsConfig
-from dfnas.search.loop import LoopConfig, LoopContext, run_loop
+from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
 from dfnas.search.proxyless import ProxylessConfig
 from dfnas.search.report import nb201_ground_truth, plot_progress, write_arch_files
@@ -53,8 +53,6 @@ SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
 # CPU default epochs per method, chosen so that a search on 5,000 images (held_out 0.5, batch 64, nb201 C=8
 # N=1, 32 px) finishes within 30 minutes on 2 shared CPU cores; see benchmarks/results/search_speed.md.
 DEFAULT_EPOCHS: dict[str, int] = {"darts": 10, "proxyless": 30, "spos": 80}
-# loop settings that do not change results (excluded from the resume identity)
-_CADENCE_KEYS = ("checkpoint_every_steps", "log_every_steps")
 
 
 @dataclass
@@ -166,7 +164,7 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
     loop_cfg = to_dict(cfg.loop())
     identity = {
         "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
-        "space": space.config(), "loop": {k: v for k, v in loop_cfg.items() if k not in _CADENCE_KEYS},
+        "space": space.config(), "loop": {k: v for k, v in loop_cfg.items() if k not in CADENCE_KEYS},
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }

@@ -34,6 +34,8 @@ from dfnas.search.weights_init import init_parameters
 from dfnas.spaces.base import Arch
 
 CHECKPOINT_VERSION = 1
+# LoopConfig keys that do not change results: left out of a run's resume identity
+CADENCE_KEYS = ("checkpoint_every_steps", "log_every_steps")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dfnas.io import atomic_torch_save, atomic_write_json
 from dfnas.repro import make_generator, resolve_device
 from dfnas.search.base import build_method
 from dfnas.search.fixed import FixedConfig
-from dfnas.search.loop import LoopConfig, LoopContext, run_loop
+from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
 from dfnas.search.report import nb201_ground_truth, plot_progress
 from dfnas.search.rundir import dataset_info, prepare_run_dir, resolve_teacher, teacher_identity, with_label_mode
@@ -139,7 +139,7 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
     loop_cfg = to_dict(cfg.loop())
     identity = {
         "kind": "train", "arch": str(arch), "space": space.config(),
-        "loop": {k: v for k, v in loop_cfg.items() if k not in ("checkpoint_every_steps", "log_every_steps")},
+        "loop": {k: v for k, v in loop_cfg.items() if k not in CADENCE_KEYS},
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }
