@@ -535,6 +535,16 @@ def write_outputs(out: Path, stem: str, summary: dict[str, Any], markdown: str) 
     return j, m
 
 
+def publish(out: Path, stem: str, summary: dict[str, Any], markdown: str,
+            plot: Callable[[dict[str, Any], Path], Path], alt: str, note: str = "") -> None:
+    """Draw the summary's plot, link it from the Markdown, write ``<stem>.{json,md,png}``, log and print."""
+    png = plot(summary, out / f"{stem}.png")
+    markdown += f"\n![{alt}]({png.name})\n"
+    j, m = write_outputs(out, stem, summary, markdown)
+    log(f"wrote {j}, {m}, {png}" + (f" ({note})" if note else ""))
+    print(markdown)
+
+
 def environment() -> dict[str, Any]:
     from dfnas.io import environment_info
 

@@ -248,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     data_info = {s: {"label": SOURCES[s].label, **common.get_source_info(work / NAME, s)}
                  for s in {VARIANTS[v].source for v in shown}}
     summary, md = summarize(args.budget, budget, arch_str, how, gt, cells, shown, teacher_top1, data_info)
-    stem = f"{NAME}_{args.budget}"
-    png = plot(summary, out / f"{stem}.png")
-    md += f"\n![data-free training]({png.name})\n"
-    j, m = common.write_outputs(out, stem, summary, md)
-    common.log(f"wrote {j}, {m}, {png}")
-    print(md)
+    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "data-free training")
     return 0
 
 

@@ -404,12 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = [s for s in SOURCES if s in per_source]
     info = {s: common.get_source_info(work / NAME, s) for s in shown}
     summary, md = summarize(args.budget, budget, cells, per_source, shown, info)
-    stem = f"{NAME}_{args.budget}"
-    png = plot(summary, out / f"{stem}.png")
-    md += f"\n![ranking consistency]({png.name})\n"
-    j, m = common.write_outputs(out, stem, summary, md)
-    common.log(f"wrote {j}, {m}, {png} ({len(shown)} of {len(SOURCES)} sources complete)")
-    print(md)
+    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ranking consistency",
+                   f"{len(shown)} of {len(SOURCES)} sources complete")
     return 0
 
 

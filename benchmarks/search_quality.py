@@ -319,13 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     shown_m = [m for m in METHODS if any(c["method"] == m for c in cells)]
     info = {s: common.get_source_info(work / NAME, s) for s in shown_s}
     summary, md = summarize(cells, args.budget, budget, table, shown_s, shown_m, info)
-    stem = f"{NAME}_{args.budget}"
-    png = plot(summary, out / f"{stem}.png")
-    md += f"\n![search quality]({png.name})\n"
-    j, m = common.write_outputs(out, stem, summary, md)
     n_grid = len(SOURCES) * len(METHODS) * len(budget.seeds)
-    common.log(f"wrote {j}, {m}, {png} ({len(cells)} cells; the full grid has {n_grid})")
-    print(md)
+    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "search quality",
+                   f"{len(cells)} cells; the full grid has {n_grid}")
     return 0
 
 
