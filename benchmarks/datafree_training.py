@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
 
 import common  # noqa: E402
+import costs  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "datafree_training"
@@ -110,8 +111,8 @@ def pick_arch(args: argparse.Namespace, work: Path, table: Any) -> tuple[str, st
                      f"{args.budget} --sources full` first, or pass --arch")
 
 
-def estimate(budget: Budget, variants: list[str], n_runs_per_variant: int, cal: common.Calibration,
-             cal_big: common.Calibration) -> float:
+def estimate(budget: Budget, variants: list[str], n_runs_per_variant: int, cal: costs.Calibration,
+             cal_big: costs.Calibration) -> float:
     """Seconds for the training runs (``cal_big`` timed at the trained network's size)."""
     n = budget.data.n_images
     bs = min(int(budget.train["batch_size"]), n)
@@ -207,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     common.log(f"{NAME} [{args.budget}]: arch {arch_str} ({how}); {len(todo)} trainings to run")
     if todo or args.estimate_only:
         # the teacher and a small supernet for the synthesis / online-teacher costs; the trained network itself
-        cals = common.calibrate({"C": 8, "N": 1}, int(budget.train["batch_size"]), need_teacher=True)
-        big = common.calibrate(budget.space, int(budget.train["batch_size"]), need_teacher=False,
+        cals = costs.calibrate({"C": 8, "N": 1}, int(budget.train["batch_size"]), need_teacher=True)
+        big = costs.calibrate(budget.space, int(budget.train["batch_size"]), need_teacher=False,
                                need_supernet=False)
         srcs = {VARIANTS[v].source for v, _ in todo}
         for what, i in (("at the current load", 0), ("with the cores to itself", 1)):
             runs_s = sum(estimate(budget, [v], 1, cals[i], big[i]) for v, _ in todo)
-            data_s = common.synthesis_estimate(srcs, budget.data, work, cals[i])
+            data_s = costs.synthesis_estimate(srcs, budget.data, work, cals[i])
             common.log(f"estimate {what}: datasets {common.fmt_duration(data_s)}, "
                        f"trainings {common.fmt_duration(runs_s)}")
         if args.estimate_only:

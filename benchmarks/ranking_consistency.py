@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
 
 import common  # noqa: E402
+import costs  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "ranking_consistency"
@@ -117,7 +118,7 @@ def space_for(budget: Budget, ds: Any) -> Any:
 # cost model
 # ----------------------------------------------------------------------------------------------------------
 
-def estimate(budget: Budget, cal: common.Calibration, n_test: int) -> tuple[float, float]:
+def estimate(budget: Budget, cal: costs.Calibration, n_test: int) -> tuple[float, float]:
     """(seconds per stand-alone cell, seconds per source's SPOS supernet + its evaluations)."""
     n = budget.data.n_images
     n_held = int(round(n * budget.held_out))
@@ -353,19 +354,19 @@ def main(argv: list[str] | None = None) -> int:
         common.log(f"{NAME} [{args.budget}]: {len(archs)} cells x {len(sources)} sources; {n_tr} stand-alone "
                    f"trainings and {n_sp} SPOS supernets to run. Calibrating the cost model ...")
         need = [s for s in sources if todo_trained(s) or todo_spos(s)]
-        cals = common.calibrate(budget.space, int(budget.train["batch_size"]),
+        cals = costs.calibrate(budget.space, int(budget.train["batch_size"]),
                                 need_teacher=any(SOURCES[s].kind == "synthesis" for s in need))
 
-        def total_s(c: common.Calibration) -> float:
+        def total_s(c: costs.Calibration) -> float:
             cell, spos = estimate(budget, c, len(real_test))
-            return common.synthesis_estimate(need, budget.data, work, c) + n_tr * cell + n_sp * spos
+            return costs.synthesis_estimate(need, budget.data, work, c) + n_tr * cell + n_sp * spos
 
         for what, fn in (("datasets (shared with datafree_training)",
-                          lambda c: common.synthesis_estimate(need, budget.data, work, c)),
+                          lambda c: costs.synthesis_estimate(need, budget.data, work, c)),
                          ("one stand-alone cell", lambda c: estimate(budget, c, len(real_test))[0]),
                          ("one SPOS supernet + evaluations", lambda c: estimate(budget, c, len(real_test))[1]),
                          ("total", total_s)):
-            common.log(f"estimate, {what}: {common.estimate_line(fn, cals)}")
+            common.log(f"estimate, {what}: {costs.estimate_line(fn, cals)}")
         per_cell, per_spos = estimate(budget, cals[0], len(real_test))
         total = n_tr * per_cell + n_sp * per_spos
         if args.estimate_only:

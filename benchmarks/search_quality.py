@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
 
 import common  # noqa: E402
+import costs  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "search_quality"
@@ -42,6 +43,8 @@ METHODS: dict[str, Method] = {
     "darts_beta": Method("DARTS + β-decay", {"method": "darts", "darts": {"remedy": "beta"}}),
     "darts": Method("DARTS", {"method": "darts", "darts": {"remedy": "none"}}),
     "proxyless": Method("ProxylessNAS", {"method": "proxyless"}),
+    # ablation: architecture updates from the first step (the library default before the paper's warm-up)
+    "proxyless_nowarm": Method("ProxylessNAS w/o warm-up", {"method": "proxyless", "proxyless": {"warmup_epochs": 0}}),
     "spos": Method("SPOS", {"method": "spos"}),
 }
 
@@ -84,15 +87,27 @@ def search_config(budget: Budget, method: str, seed: int) -> dict[str, Any]:
     return {**cfg, "seed": seed, "device": "cpu", "space": {"name": "nb201", "options": dict(budget.space)}}
 
 
+def resolved_search_config(budget: Budget, method: str, seed: int) -> dict[str, Any]:
+    """The cell's SearchConfig with every library default filled in, as the run directory records it, less the
+    option blocks of the methods that do not run (their defaults cannot change this cell's result)."""
+    from dfnas.config import from_dict, to_dict
+    from dfnas.search import SEARCH_METHODS, SearchConfig
+
+    cfg = from_dict(SearchConfig, search_config(budget, method, seed), "search")
+    d = {**to_dict(cfg), "epochs": cfg.resolved_epochs()}
+    return {k: v for k, v in d.items() if k == cfg.method or k not in SEARCH_METHODS}
+
+
 def cell_hash(budget: Budget, method: str, seed: int) -> str:
-    return common.stable_hash({"data": budget.data.as_dict(), "search": search_config(budget, method, seed)})
+    # hashed after resolution: a changed library default (not only a changed budget) makes the cell stale
+    return common.stable_hash({"data": budget.data.as_dict(), "search": resolved_search_config(budget, method, seed)})
 
 
 # ----------------------------------------------------------------------------------------------------------
 # cost model (up-front estimate)
 # ----------------------------------------------------------------------------------------------------------
 
-def cell_estimate(budget: Budget, method: str, cal: common.Calibration) -> float:
+def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
     """Seconds one search should take on this machine, from the calibrated per-image costs."""
     from dfnas.config import from_dict
     from dfnas.search import SearchConfig
@@ -281,15 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only and (todo or args.estimate_only):
         common.log(f"{NAME} [{args.budget}]: {len(sources)} sources x {len(methods)} methods x {len(seeds)} seeds; "
                    f"{len(todo)} cells to run. Calibrating the cost model ...")
-        cals = common.calibrate(budget.space, int(budget.search["batch_size"]),
+        cals = costs.calibrate(budget.space, int(budget.search["batch_size"]),
                                 need_teacher=any(SOURCES[s].kind == "synthesis" for s, _, _ in todo))
         for what, fn in (
-                ("datasets", lambda c: common.synthesis_estimate({s for s, _, _ in todo}, budget.data, work, c)),
+                ("datasets", lambda c: costs.synthesis_estimate({s for s, _, _ in todo}, budget.data, work, c)),
                 *((f"one {m} search", lambda c, m=m: cell_estimate(budget, m, c)) for m in methods),
                 ("all searches", lambda c: sum(cell_estimate(budget, m, c) for _, m, _ in todo)),
-                ("total", lambda c: common.synthesis_estimate({s for s, _, _ in todo}, budget.data, work, c)
+                ("total", lambda c: costs.synthesis_estimate({s for s, _, _ in todo}, budget.data, work, c)
                  + sum(cell_estimate(budget, m, c) for _, m, _ in todo))):
-            common.log(f"estimate, {what}: {common.estimate_line(fn, cals)}")
+            common.log(f"estimate, {what}: {costs.estimate_line(fn, cals)}")
         cal = cals[0]
         per_method = {m: cell_estimate(budget, m, cal) for m in methods}
         search_s = sum(per_method[m] for _, m, _ in todo)

@@ -34,7 +34,7 @@ def test_budgets_define_smoke_and_cpu_and_share_datasets():
     # every source of the brief is there, real first
     assert list(common.SOURCES)[0] == "real"
     assert {"full", "no_recursion", "no_regional", "plain", "noise", "real_random"} <= set(common.SOURCES)
-    assert {"darts_beta", "darts", "proxyless", "spos"} == set(sq.METHODS)
+    assert {"darts_beta", "darts", "proxyless", "spos"} <= set(sq.METHODS)
 
 
 def test_cell_store_roundtrip_and_refuses_other_settings(tmp_path):

@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from dfnas.config import from_dict
 from dfnas.data import ImageSet
+from dfnas.errors import ConfigError
 from dfnas.repro import make_generator
 from dfnas.search import Criterion, LoopConfig, build_method, get_method_cls, run_loop
 from dfnas.search.proxyless import binary_gate_alpha_grad
@@ -131,3 +132,15 @@ def test_darts_second_order_matches_exact_hypergradient():
         assert torch.allclose(implicit_got, implicit_exact, rtol=1e-3, atol=1e-4 * implicit_exact.abs().max())
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_proxyless_default_warmup_is_first_third_of_steps():
+    """Paper ratio (40 of 120 epochs): no architecture step in the first third; explicit epochs override it."""
+    space = build_space("nb201", num_classes=4, input_size=8, C=2, N=1)
+    m = build_method("proxyless", space, {}, make_generator(0, "m"), torch.device("cpu"))
+    wants = [m.wants_arch_step(SimpleNamespace(step=s, epoch=s // 10, total_steps=30)) for s in range(30)]
+    assert wants == [False] * 10 + [True] * 20
+    m0 = build_method("proxyless", space, {"warmup_epochs": 0}, make_generator(0, "m"), torch.device("cpu"))
+    assert m0.wants_arch_step(SimpleNamespace(step=0, epoch=0, total_steps=30))
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        build_method("proxyless", space, {"warmup_epochs": -1}, make_generator(0, "m"), torch.device("cpu"))

@@ -38,7 +38,10 @@ class ProxylessConfig:
     arch_weight_decay: float = 0.0
     init_std: float = 1e-3
     update_arch_every: int = 1  # paper: every 5 weight steps over 120 epochs; short searches update every step
-    warmup_epochs: int = 0  # weight-only epochs first (paper: 40 of 120)
+    # weight-only epochs first, paths sampled uniformly (alpha is ~0). None: the paper's ratio (40 of 120 epochs),
+    # i.e. the first third of the planned weight steps. Without it, untrained parametric ops lose to
+    # parameter-free ones and the search drifts to skip/pool cells (measured: benchmarks/search_quality).
+    warmup_epochs: int | None = None
     flops_loss: Literal["none", "mul", "mul_log", "add"] = "none"
     target_macs: float | None = None  # reference MACs of the hardware term (needed unless flops_loss: none)
     flops_beta: float = 0.3  # exponent of the multiplicative terms
@@ -50,6 +53,8 @@ class ProxylessConfig:
         if self.flops_loss != "none" and (self.target_macs is None or self.target_macs <= 1):
             raise ConfigError(f"proxyless.flops_loss {self.flops_loss!r} needs proxyless.target_macs > 1 "
                               f"(the reference MACs), got {self.target_macs}")
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ConfigError(f"proxyless.warmup_epochs must be >= 0 or null, got {self.warmup_epochs}")
         if self.update_arch_every < 1:
             raise ConfigError(f"proxyless.update_arch_every must be >= 1, got {self.update_arch_every}")
 
@@ -115,7 +120,8 @@ class ProxylessMethod(AlphaMethod):
 
     def wants_arch_step(self, ctx: LoopContext) -> bool:
         o = self.options
-        return ctx.epoch >= o.warmup_epochs and (ctx.step + 1) % o.update_arch_every == 0
+        warm = ctx.step >= ctx.total_steps // 3 if o.warmup_epochs is None else ctx.epoch >= o.warmup_epochs
+        return warm and (ctx.step + 1) % o.update_arch_every == 0
 
     def arch_step(self, ctx: LoopContext, held_out: Batch, train: Batch) -> dict[str, float]:
         ctx.model.train()
