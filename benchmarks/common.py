@@ -66,10 +66,18 @@ class DataBudget:
     n_images: int
     synth_preset: str  # a dfnas.synthesis preset name ("default" = the library's CPU recipe, "tiny")
     synth_overrides: dict[str, Any] = field(default_factory=dict)
+    # the budget folder under the work dir whose data/ holds these datasets (None: the running budget's own),
+    # so budgets that differ only in search or training settings reuse the same images; a location, not a
+    # setting: left out of as_dict and of every hash
+    home: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "synth_preset": self.synth_preset,
                 "synth_overrides": dict(self.synth_overrides)}
+
+    def root(self, work: Path) -> Path:
+        """Folder of this budget's datasets, given the running budget's work dir ``<work>/<budget>``."""
+        return (work.parent / self.home if self.home else work) / "data" / f"n{self.n_images}"
 
 
 # Datasets shared between benchmarks (cached by image count under _work/<budget>/data/n<N>/<source>).
@@ -77,10 +85,10 @@ DATA_BUDGETS: dict[str, DataBudget] = {
     # 40 images from the `tiny` synthesis preset: seconds per source; numbers mean nothing
     "smoke": DataBudget(40, "tiny", {"batch_size": 20, "steps": 4}),
     # search_quality: 500 images per source, the library's default synthesis recipe (2 rounds, 200 steps)
-    "cpu": DataBudget(500, "default"),
+    "cpu": DataBudget(500, "default", home="cpu"),
     # ranking_consistency and datafree_training: 1,000 images per source, same recipe (training from
     # scratch needs more images than a search to separate architectures at all)
-    "cpu_train": DataBudget(1000, "default"),
+    "cpu_train": DataBudget(1000, "default", home="cpu"),
 }
 
 
@@ -111,9 +119,9 @@ def add_common_args(p: argparse.ArgumentParser, budgets: Sequence[str]) -> None:
     """The flags every benchmark script shares."""
     p.add_argument("--budget", choices=list(budgets), default="cpu",
                    help="preset: 'smoke' checks the script end to end in a minute or two (numbers mean nothing); "
-                        "'cpu' is the real run sized for a 2-core machine")
+                        "'cpu' (and 'cpu_*' variants) are the real runs sized for a 2-core machine")
     p.add_argument("--out", type=Path, default=None,
-                   help="where the summary JSON / Markdown / PNG go (default: benchmarks/results for 'cpu', "
+                   help="where the summary JSON / Markdown / PNG go (default: benchmarks/results for 'cpu*', "
                         "benchmarks/_work/results-smoke for 'smoke', so smoke output is never committed)")
     p.add_argument("--work", type=Path, default=WORK_DIR, help="scratch directory for datasets and cells")
     # One thread by default: these networks are small, and on a 2-core machine shared with other work two
@@ -130,8 +138,8 @@ def setup(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.threads and args.threads > 0:
         torch.set_num_threads(args.threads)
     work = Path(args.work) / args.budget
-    out = args.out if args.out is not None else (RESULTS_DIR if args.budget == "cpu"
-                                                 else Path(args.work) / "results-smoke")
+    out = args.out if args.out is not None else (Path(args.work) / "results-smoke" if args.budget == "smoke"
+                                                 else RESULTS_DIR)
     return work, Path(out)
 
 
@@ -338,7 +346,7 @@ def prepare_source(name: str, budget: DataBudget, work: Path, progress: bool = T
     from dfnas.synthesis import synthesize
 
     src = SOURCES[name]
-    root = work / "data" / f"n{budget.n_images}"
+    root = budget.root(work)
     t0 = time.perf_counter()
     real_npz = real_subset(budget.n_images, root)
     if src.kind == "real":

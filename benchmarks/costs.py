@@ -105,7 +105,7 @@ def synthesis_estimate(names: Iterable[str], budget: DataBudget, work: Path, cal
     total = 0.0
     for name in names:
         src = SOURCES[name]
-        out = work / "data" / f"n{budget.n_images}" / name
+        out = budget.root(work) / name
         if src.kind == "real" or (out / "manifest.json").is_file() and json.loads(
                 (out / "manifest.json").read_text()).get("complete", False):
             continue

@@ -31,6 +31,11 @@ def test_budgets_define_smoke_and_cpu_and_share_datasets():
     assert sq.BUDGETS["smoke"].data == rc.BUDGETS["smoke"].data == dt.BUDGETS["smoke"].data
     assert sq.BUDGETS["cpu"].data == common.DATA_BUDGETS["cpu"]
     assert rc.BUDGETS["cpu"].data == dt.BUDGETS["cpu"].data == common.DATA_BUDGETS["cpu_train"]
+    # a longer-training budget reuses the 'cpu' images (same folder) but keeps its own cells (other hashes)
+    work = Path("/w")
+    assert rc.BUDGETS["cpu_long"].data.root(work / "cpu_long") == rc.BUDGETS["cpu"].data.root(work / "cpu")
+    assert rc.trained_hash(rc.BUDGETS["cpu_long"]) != rc.trained_hash(rc.BUDGETS["cpu"])
+    assert sq.BUDGETS["smoke"].data.root(work / "smoke") == work / "smoke" / "data" / "n40"
     # every source of the brief is there, real first
     assert list(common.SOURCES)[0] == "real"
     assert {"full", "no_recursion", "no_regional", "plain", "noise", "real_random"} <= set(common.SOURCES)
