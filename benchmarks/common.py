@@ -45,11 +45,15 @@ class Source:
     kind: str  # "real" (labelled real images) | "synthesis" (dfnas.synthesis method)
     synthesis: dict[str, Any] = field(default_factory=dict)  # SynthesisConfig fields over the budget's preset
     canvas_is_input: bool = False  # regional update off: canvas side = the teacher's input side
+    control: bool = False  # a control outside the brief's grid: run only when named in --sources
 
 
 # Order = order of rows in every table and plot.
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("real", "real (JPEG)", "real"),
+    # real images under the very supervision of the synthetic sources (the teacher's soft labels, KD): separates
+    # "synthetic images" from "soft labels" when a synthetic source beats real images with true labels
+    Source("real_kd", "real (JPEG), teacher labels", "synthesis", {"method": "real_teacher"}, control=True),
     Source("full", "full synthesis", "synthesis", {"method": "full"}),
     Source("no_recursion", "w/o recursive calibration", "synthesis", {"method": "full", "rounds": 1}),
     Source("no_regional", "w/o regional update", "synthesis", {"method": "full"}, canvas_is_input=True),
@@ -143,10 +147,16 @@ def setup(args: argparse.Namespace) -> tuple[Path, Path]:
     return work, Path(out)
 
 
-def parse_subset(value: str | None, allowed: Sequence[str], what: str) -> list[str]:
-    """Comma-separated subset of ``allowed`` (None or 'all': all of them, in ``allowed`` order)."""
+def grid_sources() -> list[str]:
+    """The sources every benchmark runs by default (controls only when asked for)."""
+    return [name for name, src in SOURCES.items() if not src.control]
+
+
+def parse_subset(value: str | None, allowed: Sequence[str], what: str,
+                 default: Sequence[str] | None = None) -> list[str]:
+    """Comma-separated subset of ``allowed`` (None or 'all': ``default``, else all of them, in ``allowed`` order)."""
     if value is None or value == "all":
-        return list(allowed)
+        return list(allowed if default is None else default)
     got = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in got if v not in allowed]
     if bad:
@@ -329,7 +339,7 @@ def synthesis_config(src: Source, budget: DataBudget, real_path: Path | None) ->
                               "seed": DATA_SEED, "teacher_name": TEACHER_NAME}
     if src.canvas_is_input:
         fields["canvas_size"] = teacher().spec.input_size
-    if src.synthesis.get("method") == "real_random":
+    if src.synthesis.get("method") in ("real_random", "real_teacher"):
         fields["real_path"] = str(real_path)
     cfg = make_config(budget.synth_preset, None, **fields)
     cfg.teacher.download = False

@@ -109,7 +109,7 @@ def synthesis_estimate(names: Iterable[str], budget: DataBudget, work: Path, cal
         if src.kind == "real" or (out / "manifest.json").is_file() and json.loads(
                 (out / "manifest.json").read_text()).get("complete", False):
             continue
-        if src.synthesis.get("method") in ("noise", "real_random"):
+        if src.synthesis.get("method") in ("noise", "real_random", "real_teacher"):
             continue  # no optimization: seconds
         cfg = make_config(budget.synth_preset, None, **{**budget.synth_overrides, **src.synthesis,
                                                          "num_images": budget.n_images})

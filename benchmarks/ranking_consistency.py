@@ -330,13 +330,15 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
-    p.add_argument("--sources", default="all", help=f"comma-separated subset of {list(SOURCES)}")
+    controls = [k for k in SOURCES if k not in common.grid_sources()]
+    p.add_argument("--sources", default="all",
+                   help=f"comma-separated subset of {list(SOURCES)} (default: all but the controls {controls})")
     p.add_argument("--no-spos", action="store_true", help="skip the SPOS inherited-weight proxy")
     p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]
-    sources = common.parse_subset(args.sources, list(SOURCES), "sources")
+    sources = common.parse_subset(args.sources, list(SOURCES), "sources", default=common.grid_sources())
     store = common.CellStore(work / NAME / "cells")
     runs = work / NAME / "runs"
     progress = not args.quiet
@@ -417,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     info = {s: common.get_source_info(work / NAME, s) for s in shown}
     summary, md = summarize(args.budget, budget, cells, per_source, shown, info)
     common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ranking consistency",
-                   f"{len(shown)} of {len(SOURCES)} sources complete")
+                   f"{sum(s in shown for s in common.grid_sources())} of {len(common.grid_sources())} sources "
+                   "complete")
     return 0
 
 

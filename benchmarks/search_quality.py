@@ -274,14 +274,16 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
-    p.add_argument("--sources", default="all", help=f"comma-separated subset of {list(SOURCES)}")
+    controls = [k for k in SOURCES if k not in common.grid_sources()]
+    p.add_argument("--sources", default="all",
+                   help=f"comma-separated subset of {list(SOURCES)} (default: all but the controls {controls})")
     p.add_argument("--methods", default="all", help=f"comma-separated subset of {list(METHODS)}")
     p.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-4 (default: the budget's)")
     p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]
-    sources = common.parse_subset(args.sources, list(SOURCES), "sources")
+    sources = common.parse_subset(args.sources, list(SOURCES), "sources", default=common.grid_sources())
     methods = common.parse_subset(args.methods, list(METHODS), "methods")
     seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
     store = common.CellStore(work / NAME / "cells")
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     shown_m = [m for m in METHODS if any(c["method"] == m for c in cells)]
     info = {s: common.get_source_info(work / NAME, s) for s in shown_s}
     summary, md = summarize(cells, args.budget, budget, table, shown_s, shown_m, info)
-    n_grid = len(SOURCES) * len(METHODS) * len(budget.seeds)
+    n_grid = len(common.grid_sources()) * len(METHODS) * len(budget.seeds)
     common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "search quality",
                    f"{len(cells)} cells; the full grid has {n_grid}")
     return 0

@@ -222,6 +222,14 @@ def test_baselines_share_the_output_format(tmp_path: Path, teacher) -> None:
     with pytest.raises(DataError, match="6 classes"):
         _run(_cfg(method="real_random"), tmp_path / "rr6", teacher, real_path=tmp_path / "real6.npz")
 
+    # the KD control: the very images of real_random (same seed), labelled by the teacher's softmax
+    rt = read_synthetic(_run(_cfg(method="real_teacher"), tmp_path / "rt", teacher, real_path=tmp_path / "real.npz"))
+    assert rt.label_mode == "distill" and torch.equal(rt.images, rr.images)
+    with torch.no_grad():
+        expected = torch.softmax(teacher(rt.images.float() / 255.0), 1)
+    assert torch.allclose(rt.targets, expected, atol=1e-5)
+    assert torch.allclose(torch.softmax(rt.logits, 1), expected, atol=1e-5)  # stored logits agree with targets
+
 
 def test_config_errors_are_clear(teacher, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'steps'"):

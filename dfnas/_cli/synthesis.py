@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="dataset directory (a killed run resumes when rerun)")
     p.add_argument("--teacher", default=None, help="named teacher, path/to/file.py:factory or TorchScript file")
     p.add_argument("--weights", default=None, help="teacher checkpoint file, or a directory holding it")
-    p.add_argument("--method", default=None, help="full (default) | plain | noise | real_random")
+    p.add_argument("--method", default=None, help="full (default) | plain | noise | real_random | "
+                   "real_teacher (real images, teacher labels)")
     p.add_argument("--preset", default="default", help="default (CPU recipe) | tiny (smoke test)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a SynthesisConfig key, e.g. --set steps=400 --set bn_weight=0 (repeatable)")
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=None, help="recursive label calibration rounds (1 = off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--real", default=None, help="real dataset for --method real_random")
+    p.add_argument("--real", default=None, help="real dataset for --method real_random / real_teacher")
     p.add_argument("--allow-no-batchnorm", action="store_true",
                    help="accept a teacher without BatchNorm (the feature-statistics term is then off)")
     p.add_argument("--input-size", type=int, default=None, help="teacher input size in px (default 32)")

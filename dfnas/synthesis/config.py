@@ -20,7 +20,7 @@ from dfnas.teachers.loader import TeacherConfig
 class SynthesisConfig:
     """How a synthetic (or baseline) dataset is produced. Sizes are pixels; fractions are of ``steps``."""
 
-    method: str = "full"  # a name in SYNTHESIS_METHODS: full | plain | noise | real_random
+    method: str = "full"  # a name in SYNTHESIS_METHODS: full | plain | noise | real_random | real_teacher
     num_images: int = 500  # total over all rounds; earlier rounds get the remainder when it does not divide
     rounds: int = 2  # recursive label calibration rounds; 1 = no recursion
     batch_size: int = 250  # images optimized together (one shard per batch)
@@ -43,7 +43,7 @@ class SynthesisConfig:
     calibration_temperature: float = 2.0  # softmax temperature of the soft targets of rounds >= 1
     label_mode: str = "auto"  # auto -> the method's default ("distill" for synthesis, "hard" for baselines)
     noise_std: float = 0.25  # `noise` baseline: N(0.5, noise_std^2) pixels
-    real_path: str | None = None  # `real_random` baseline: a dataset read_real accepts
+    real_path: str | None = None  # `real_random` / `real_teacher` controls: a dataset read_real accepts
     seed: int = 0
     log_every: int = 10  # steps between JSON-lines log records
     grid_per_class: int = 8  # columns of the per-class sample grid PNG

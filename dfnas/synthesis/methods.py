@@ -146,11 +146,8 @@ class NoiseMethod(_BaselineMethod):
         return to_uint8(x.clamp_(0, 1)), self.random_targets(ctx, job.count)
 
 
-@SYNTHESIS_METHODS.register("real_random")
-class RealRandomMethod(_BaselineMethod):
-    """Real images (a random sample without repeats) paired with uniformly random hard labels."""
-
-    name = "real_random"
+class _RealImagesMethod(_BaselineMethod):
+    """Real images (a random sample without repeats of ``cfg.real_path``) instead of optimized ones."""
 
     def __init__(self) -> None:
         self.real: ImageSet | None = None
@@ -160,7 +157,7 @@ class RealRandomMethod(_BaselineMethod):
         from dfnas.data.readers import read_real
 
         if not cfg.real_path:
-            raise ConfigError("method 'real_random' needs a real dataset: pass --real PATH (an .npz file, CIFAR "
+            raise ConfigError(f"method {self.name!r} needs a real dataset: pass --real PATH (an .npz file, CIFAR "
                               "batch files or an ImageFolder tree)")
         real = read_real(cfg.real_path)
         spec = teacher.spec
@@ -175,12 +172,43 @@ class RealRandomMethod(_BaselineMethod):
             raise DataError(f"real dataset {cfg.real_path!r} has {len(real)} images, fewer than num_images="
                             f"{cfg.num_images}")
         # one permutation for the whole run (not per shard), so shards never repeat an image and a resumed
-        # run picks the same images
+        # run picks the same images; seeded by "real_random" for every real-image method, so that with the same
+        # seed they all draw the very same images and differ only in their labels
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "real_random", "order"))
         self.real, self.order = real, torch.randperm(len(real), generator=gen)
 
-    def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
+    def real_images(self, ctx: ShardContext, job: ShardJob) -> torch.Tensor:
+        """The shard's real images, uint8 (count, C, H, W) on ``ctx.device``."""
         if self.real is None or self.order is None:
-            raise RuntimeError("RealRandomMethod.prepare() was not called")
+            raise RuntimeError(f"{type(self).__name__}.prepare() was not called")
         idx = self.order[job.start:job.start + job.count]
-        return self.real.images[idx].to(ctx.device), self.random_targets(ctx, job.count)
+        return self.real.images[idx].to(ctx.device)
+
+
+@SYNTHESIS_METHODS.register("real_random")
+class RealRandomMethod(_RealImagesMethod):
+    """Real images paired with uniformly random hard labels (an unreal baseline)."""
+
+    name = "real_random"
+
+    def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.real_images(ctx, job), self.random_targets(ctx, job.count)
+
+
+@SYNTHESIS_METHODS.register("real_teacher")
+class RealTeacherMethod(_RealImagesMethod):
+    """Real images labelled by the teacher: its softmax as targets, its logits stored for distillation.
+
+    Not data-free: a control that separates "synthetic images" from "soft teacher labels" (plain knowledge
+    distillation on real images), so a search result on ``full`` can be compared with real images under the
+    very same supervision.
+    """
+
+    name = "real_teacher"
+    label_mode = "distill"
+
+    def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.real_images(ctx, job)
+        with torch.no_grad():
+            probs = torch.softmax(ctx.teacher(images.float() / 255.0), dim=1)  # (count, K)
+        return images, probs
