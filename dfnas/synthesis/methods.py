@@ -1,5 +1,6 @@
-"""Data sources behind one interface: teacher inversion (``full``, ``plain``) and unreal baselines
-(``noise``, ``real_random``). Each produces the images and targets of one shard; the runner adds the teacher
+"""Data sources behind one interface: teacher inversion (``full``, ``plain``), unreal baselines
+(``noise``, ``real_random``) and a not data-free control (``real_teacher``: real images, teacher labels).
+Each produces the images and targets of one shard; the runner adds the teacher
 logits, writes the shard and handles rounds, resume and ranks.
 """
 
