@@ -100,7 +100,7 @@ def estimate_line(total: Callable[[Calibration], float], cals: tuple[Calibration
 
 def synthesis_estimate(names: Iterable[str], budget: DataBudget, work: Path, cal: Calibration) -> float:
     """Seconds to make the not-yet-cached synthetic datasets among ``names``."""
-    from dfnas.synthesis import make_config
+    from dfnas.synthesis import SYNTHESIS_METHODS, make_config
 
     total = 0.0
     for name in names:
@@ -109,10 +109,10 @@ def synthesis_estimate(names: Iterable[str], budget: DataBudget, work: Path, cal
         if src.kind == "real" or (out / "manifest.json").is_file() and json.loads(
                 (out / "manifest.json").read_text()).get("complete", False):
             continue
-        if src.synthesis.get("method") in ("noise", "real_random", "real_teacher"):
-            continue  # no optimization: seconds
         cfg = make_config(budget.synth_preset, None, **{**budget.synth_overrides, **src.synthesis,
                                                          "num_images": budget.n_images})
-        # every image is optimized for `steps` steps, whatever its split into rounds and shards
-        total += budget.n_images * cfg.steps * cal.teacher_step
+        # the method's steps per shard = the steps each of its images is optimized for, whatever the split into
+        # rounds and shards (`steps` for inversion; 1 for the baselines, which only label their images)
+        steps = SYNTHESIS_METHODS.build(cfg.method).steps_per_shard(cfg)
+        total += budget.n_images * steps * cal.teacher_step
     return total
