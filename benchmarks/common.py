@@ -135,6 +135,19 @@ def add_common_args(p: argparse.ArgumentParser, budgets: Sequence[str]) -> None:
                    help="torch CPU threads (default 1; 0 keeps torch's own choice; see benchmarks/README.md)")
     p.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")
+
+
+def add_sources_arg(p: argparse.ArgumentParser) -> None:
+    """``--sources``: which data sources a grid benchmark runs (read back with ``chosen_sources``)."""
+    controls = [k for k in SOURCES if k not in grid_sources()]
+    p.add_argument("--sources", default="all",
+                   help=f"comma-separated subset of {list(SOURCES)} (default: all but the controls {controls})")
+
+
+def chosen_sources(args: argparse.Namespace) -> list[str]:
+    """The sources named by ``--sources``, in table order (default: every source but the controls)."""
+    return parse_subset(args.sources, list(SOURCES), "sources", default=grid_sources())
 
 
 def setup(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default=None, help="NAS-Bench-201 cell string (default: best found by search_quality)")
     p.add_argument("--variants", default="all", help=f"comma-separated subset of {list(VARIANTS)}")
     p.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the budget's)")
-    p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]

@@ -274,16 +274,13 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
-    controls = [k for k in SOURCES if k not in common.grid_sources()]
-    p.add_argument("--sources", default="all",
-                   help=f"comma-separated subset of {list(SOURCES)} (default: all but the controls {controls})")
+    common.add_sources_arg(p)
     p.add_argument("--methods", default="all", help=f"comma-separated subset of {list(METHODS)}")
     p.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-4 (default: the budget's)")
-    p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]
-    sources = common.parse_subset(args.sources, list(SOURCES), "sources", default=common.grid_sources())
+    sources = common.chosen_sources(args)
     methods = common.parse_subset(args.methods, list(METHODS), "methods")
     seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
     store = common.CellStore(work / NAME / "cells")
