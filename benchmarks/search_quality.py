@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     summary, md = summarize(cells, args.budget, budget, table, shown_s, shown_m, info)
     n_grid = len(common.grid_sources()) * len(METHODS) * len(budget.seeds)
     common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "search quality",
-                   f"{len(cells)} cells; the full grid has {n_grid}")
+                   f"{sum(c['source'] in common.grid_sources() for c in cells)} of the grid's {n_grid} cells, "
+                   f"{sum(c['source'] not in common.grid_sources() for c in cells)} control cells")
     return 0
 
 
