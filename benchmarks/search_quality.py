@@ -88,14 +88,12 @@ def search_config(budget: Budget, method: str, seed: int) -> dict[str, Any]:
 
 
 def resolved_search_config(budget: Budget, method: str, seed: int) -> dict[str, Any]:
-    """The cell's SearchConfig with every library default filled in, as the run directory records it, less the
-    option blocks of the methods that do not run (their defaults cannot change this cell's result)."""
-    from dfnas.config import from_dict, to_dict
-    from dfnas.search import SEARCH_METHODS, SearchConfig
+    """The cell's SearchConfig as its run directory records it (library defaults filled in), less the option
+    blocks of the methods that do not run."""
+    from dfnas.config import from_dict
+    from dfnas.search import SearchConfig
 
-    cfg = from_dict(SearchConfig, search_config(budget, method, seed), "search")
-    d = {**to_dict(cfg), "epochs": cfg.resolved_epochs()}
-    return {k: v for k, v in d.items() if k == cfg.method or k not in SEARCH_METHODS}
+    return from_dict(SearchConfig, search_config(budget, method, seed), "search").resolved(only_active_method=True)
 
 
 def cell_hash(budget: Budget, method: str, seed: int) -> str:

@@ -10,7 +10,7 @@ import torch
 from dfnas.config import from_dict
 from dfnas.data import ImageSet
 from dfnas.errors import ConfigError, DataError, DfnasError
-from dfnas.search import SearchConfig, run_search
+from dfnas.search import DEFAULT_EPOCHS, SearchConfig, run_search
 from dfnas.spaces import Arch
 from dfnas.spaces.nb201_table import NB201Table
 from dfnas.teachers import Teacher, TeacherSpec
@@ -129,3 +129,12 @@ def test_config_round_trips_and_rejects_unknown_nested_keys():
     assert cfg.spos.max_macs == 1e6 and cfg.space.name == "darts"
     with pytest.raises(ConfigError, match="poplation"):
         from_dict(SearchConfig, {"spos": {"poplation": 3}})
+
+
+def test_resolved_config_fills_default_epochs_and_can_drop_idle_method_blocks():
+    cfg = from_dict(SearchConfig, {"method": "proxyless"}, "search")
+    full = cfg.resolved()
+    assert full["epochs"] == DEFAULT_EPOCHS["proxyless"] and {"darts", "proxyless", "spos"} <= set(full)
+    active = cfg.resolved(only_active_method=True)
+    assert "proxyless" in active and "darts" not in active and "spos" not in active
+    assert active["proxyless"]["warmup_epochs"] is None  # library defaults are filled in, not left out

@@ -26,7 +26,7 @@ from dfnas.data import ImageSet, open_dataset
 from dfnas.errors import ConfigError
 from dfnas.io import atomic_write_json
 from dfnas.repro import make_generator, resolve_device
-from dfnas.search.base import build_method, get_method_cls
+from dfnas.search.base import SEARCH_METHODS, build_method, get_method_cls
 from dfnas.search.darts import DartsConfig
 from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
@@ -105,6 +105,17 @@ class SearchConfig:
     def method_options(self) -> Any:
         return getattr(self, self.method, None)
 
+    def resolved(self, only_active_method: bool = False) -> dict[str, Any]:
+        """This config as a plain dict with the method's default epochs filled in (what a run records).
+
+        ``only_active_method`` drops the option blocks of the methods that do not run (their settings cannot
+        change this run's result), e.g. to key cached results on the settings that matter.
+        """
+        d = {**to_dict(self), "epochs": self.resolved_epochs()}
+        if only_active_method:
+            d = {k: v for k, v in d.items() if k == self.method or k not in SEARCH_METHODS}
+        return d
+
 
 @dataclass
 class SearchResult:
@@ -168,7 +179,7 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }
-    record = {"search": {**to_dict(cfg), "epochs": cfg.resolved_epochs()}, "device": str(dev),
+    record = {"search": cfg.resolved(), "device": str(dev),
               "split": {"train": len(train), "held_out": len(held)},
               "space": space.config(), "dataset": identity["dataset"], "online_teacher": identity["online_teacher"]}
     return SearchSetup(cfg, dev, ds, space, train, held, tch, identity, record)
