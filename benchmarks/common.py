@@ -55,6 +55,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     # "synthetic images" from "soft labels" when a synthetic source beats real images with true labels
     Source("real_kd", "real (JPEG), teacher labels", "synthesis", {"method": "real_teacher"}, control=True),
     Source("full", "full synthesis", "synthesis", {"method": "full"}),
+    Source("generator", "few-step generator", "synthesis", {"method": "generator"}),
     Source("no_recursion", "w/o recursive calibration", "synthesis", {"method": "full", "rounds": 1}),
     Source("no_regional", "w/o regional update", "synthesis", {"method": "full"}, canvas_is_input=True),
     Source("plain", "plain inversion", "synthesis", {"method": "plain"}),

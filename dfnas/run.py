@@ -188,7 +188,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: bool = True, table_p
             what = "distillation from scratch" if cfg.export.weights == "distill" else "skipped: inherited weights"
             log(f"[4/6] train ({what})")
             with stage(out_dir, "train") as st:
-                online = teacher() if cfg.online_teacher else None
+                online = teacher() if cfg.online_teacher or _online_synthesis(cfg) else None
                 st.info.update(train_stage(cfg, out_dir, device, progress, table_path, test_ds, online))
         if done("train"):
             return {}
@@ -212,6 +212,14 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: bool = True, table_p
     log(f"done: report at {out_dir / 'report' / 'report.md'}")
     return RunResult(out_dir, str(export_info.get("arch", "")), out_dir / "export",
                      out_dir / "report" / "report.md", export_info)
+
+
+def _online_synthesis(cfg: RunConfig) -> bool:
+    """Whether the train stage synthesizes online (and so distils from the teacher on every batch)."""
+    from dfnas.train.datafree import INVERSION_METHODS
+
+    enabled = cfg.train.online.enabled
+    return enabled if enabled is not None else cfg.synthesis.method in INVERSION_METHODS
 
 
 @torch.no_grad()

@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="dataset directory (a killed run resumes when rerun)")
     p.add_argument("--teacher", default=None, help="named teacher, path/to/file.py:factory or TorchScript file")
     p.add_argument("--weights", default=None, help="teacher checkpoint file, or a directory holding it")
-    p.add_argument("--method", default=None, help="full (default) | plain | noise | real_random | "
-                   "real_teacher (real images, teacher labels)")
+    p.add_argument("--method", default=None, help="full (default) | generator (few-step, fast) | plain | noise | "
+                   "real_random | real_teacher (real images, teacher labels)")
     p.add_argument("--preset", default="default", help="default (CPU recipe) | tiny (smoke test)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a SynthesisConfig key, e.g. --set steps=400 --set bn_weight=0 (repeatable)")
@@ -70,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synthesize)
 
-    p = subparsers.add_parser("inspect", help="teacher agreement, entropy, BN distance, diversity of a dataset")
+    p = subparsers.add_parser("inspect", help="teacher agreement, entropy, BN distance, diversity, per-round "
+                              "calibration (entropy, second-class mass, class-similarity Spearman vs --real)")
     p.add_argument("dataset", help="synthesized dataset directory or a real dataset")
     p.add_argument("--real", default=None, help="real dataset to show side by side")
     p.add_argument("--teacher", default=None, help="teacher (default: the one in the dataset's manifest)")

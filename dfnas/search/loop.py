@@ -110,6 +110,25 @@ class InfiniteBatches:
             next(self)
 
 
+class DataSource:
+    """A training set that changes between epochs (online data-free training: a replay bank that new synthetic
+    images refresh). ``epoch_start`` returns the set the coming epoch sweeps; everything needed to continue
+    after a kill is in ``state_dict`` (saved in every loop checkpoint)."""
+
+    def epoch_start(self, ctx: LoopContext) -> ImageSet:
+        raise NotImplementedError
+
+    def current(self) -> ImageSet:
+        """The set the current epoch sweeps (after a resume: the restored one)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class LoopContext:
     """What hooks see: the model, data, optimizer and counters of the running loop."""
@@ -132,6 +151,7 @@ class LoopContext:
     step: int = 0  # weight steps completed so far (global)
     save_checkpoint: Callable[[], None] = lambda: None  # hooks (SPOS evolution) checkpoint through this
     extra: dict[str, Any] = field(default_factory=dict)
+    data_source: DataSource | None = None  # replaces ``train`` at every epoch start when set
 
     @property
     def total_steps(self) -> int:
@@ -182,11 +202,12 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, cfg: LoopConfig,
              criterion: Criterion, out_dir: str | Path, device: torch.device, config_hash: str, seed: int,
              progress: bool = True, on_step: Callable[[LoopContext], None] | None = None,
-             desc: str | None = None) -> LoopOutcome:
+             desc: str | None = None, data_source: DataSource | None = None) -> LoopOutcome:
     """Train ``method``'s model on ``train`` and return the method's final architecture.
 
     Writes ``log.jsonl`` and ``checkpoint.pt`` into ``out_dir``; when a checkpoint of the same
-    ``config_hash`` exists there, continues from it (a finished run returns immediately).
+    ``config_hash`` exists there, continues from it (a finished run returns immediately). With a
+    ``data_source``, every epoch sweeps the set it returns at that epoch's start (same size as ``train``).
     """
     from tqdm import tqdm
 
@@ -210,7 +231,7 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
                  if held_out is not None else None)
     logger = MetricLogger(out / "log.jsonl")
     ctx = LoopContext(model, method, cfg, criterion, device, train, held_out, optimizer, scheduler, logger, out,
-                      spe, seed, progress)
+                      spe, seed, progress, data_source=data_source)
     method.setup(ctx)
 
     st: dict[str, Any] = {"phase": "train", "batch_in_epoch": 0, "epoch_gen": data_gen.get_state(),
@@ -227,7 +248,7 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
             "elapsed_s": st["elapsed_s"] + time.perf_counter() - t_start, "arch": st["arch"],
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "held_out": held_iter.state_dict() if held_iter else None,
-            "extra": dict(ctx.extra),
+            "extra": dict(ctx.extra), "data_source": data_source.state_dict() if data_source is not None else None,
         })
 
     ctx.save_checkpoint = save
@@ -242,6 +263,9 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
             held_iter.load_state_dict(ck["held_out"])
         ctx.epoch, ctx.step = ck["epoch"], ck["step"]
         ctx.extra.update(ck.get("extra") or {})
+        if data_source is not None and ck.get("data_source") is not None:
+            data_source.load_state_dict(ck["data_source"])
+            ctx.train = data_source.current()
         st.update({k: ck[k] for k in ("phase", "batch_in_epoch", "epoch_gen", "stats", "elapsed_s", "arch",
                                       "last_eval")})
         if st["phase"] == "done":
@@ -289,6 +313,8 @@ def _train_epochs(ctx: LoopContext, st: dict[str, Any], data_gen: torch.Generato
     bs = min(cfg.batch_size, len(ctx.train))
     while ctx.epoch < cfg.epochs and ctx.step < ctx.total_steps:
         t_epoch = time.perf_counter()
+        if ctx.data_source is not None:  # new images for this epoch (a no-op when resuming mid-epoch)
+            ctx.train = ctx.data_source.epoch_start(ctx)
         data_gen.set_state(st["epoch_gen"])
         batches = iterate_batches(ctx.train, bs, data_gen, cfg.augment, cfg.pad, drop_last=True, device=ctx.device)
         for _ in range(st["batch_in_epoch"]):  # resume mid-epoch: regenerate and skip consumed batches

@@ -13,6 +13,7 @@ from typing import Any
 
 from dfnas.config import apply_overrides, from_dict
 from dfnas.errors import ConfigError
+from dfnas.synthesis.generator import GeneratorConfig
 from dfnas.teachers.loader import TeacherConfig
 
 
@@ -20,7 +21,7 @@ from dfnas.teachers.loader import TeacherConfig
 class SynthesisConfig:
     """How a synthetic (or baseline) dataset is produced. Sizes are pixels; fractions are of ``steps``."""
 
-    method: str = "full"  # a name in SYNTHESIS_METHODS: full | plain | noise | real_random | real_teacher
+    method: str = "full"  # a name in SYNTHESIS_METHODS: full | generator | plain | noise | real_random | real_teacher
     num_images: int = 500  # total over all rounds; earlier rounds get the remainder when it does not divide
     rounds: int = 2  # recursive label calibration rounds; 1 = no recursion
     batch_size: int = 250  # images optimized together (one shard per batch)
@@ -34,13 +35,20 @@ class SynthesisConfig:
     jitter: int = 2  # random roll of the forwarded region by up to this many pixels
     flip: bool = True  # random horizontal flip (p = 0.5) of the forwarded region
     init_std: float = 0.2  # fresh noise: N(0.5, init_std^2), clamped to [0, 1]
-    ce_weight: float = 1.0
-    bn_weight: float = 0.05  # BatchNorm feature-statistics matching
-    first_bn_multiplier: float = 10.0  # the first BN layer sees pixel statistics; weight it up
+    # loss weights; None = the method's own default (SynthesisMethod.loss_defaults: `full` 1 / 0.05 / 10 / 1,
+    # `generator` 0.4 / 10 / 1 / 0), filled in before the config is recorded
+    ce_weight: float | None = None
+    bn_weight: float | None = None  # BatchNorm feature-statistics matching
+    first_bn_multiplier: float | None = None  # the first BN layer sees pixel statistics; weight it up
     tv_l1_weight: float = 0.0
-    tv_l2_weight: float = 1.0
+    tv_l2_weight: float | None = None
     l2_weight: float = 0.0
     calibration_temperature: float = 2.0  # softmax temperature of the soft targets of rounds >= 1
+    # temperature of the teacher's softmax in the loss of rounds >= 1; None: calibration_temperature (the same
+    # on both sides, so images become as confident as their parents). 1 with calibration_temperature T > 1
+    # asks each round for the parents' predictions softened by T: rounds grow less confident and keep more
+    # of the teacher's second choices
+    calibration_loss_temperature: float | None = None
     label_mode: str = "auto"  # auto -> the method's default ("distill" for synthesis, "hard" for baselines)
     noise_std: float = 0.25  # `noise` baseline: N(0.5, noise_std^2) pixels
     real_path: str | None = None  # `real_random` / `real_teacher` controls: a dataset read_real accepts
@@ -49,6 +57,7 @@ class SynthesisConfig:
     grid_per_class: int = 8  # columns of the per-class sample grid PNG
     plots: bool = True  # write samples.png and loss_curves.png when the dataset completes
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # method "generator" only
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +74,8 @@ class SynthesisConfig:
             (self.jitter >= 0, "jitter must be >= 0"),
             (self.init_std >= 0 and self.noise_std >= 0, "init_std and noise_std must be >= 0"),
             (self.calibration_temperature > 0, "calibration_temperature must be > 0"),
+            (self.calibration_loss_temperature is None or 0 < self.calibration_loss_temperature < math.inf,
+             "calibration_loss_temperature must be a finite number > 0 or null"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.grid_per_class >= 1, "grid_per_class must be >= 1"),
             (self.label_mode in ("auto", "distill", "hard", "soft"),
@@ -72,11 +83,19 @@ class SynthesisConfig:
         ]
         for w in ("ce_weight", "bn_weight", "first_bn_multiplier", "tv_l1_weight", "tv_l2_weight", "l2_weight"):
             v = getattr(self, w)
-            checks.append((math.isfinite(v) and v >= 0, f"{w} must be a finite number >= 0, got {v}"))
+            checks.append((v is None or (math.isfinite(v) and v >= 0), f"{w} must be a finite number >= 0, got {v}"))
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"synthesis config: {msg}")
+        if not (math.isfinite(self.lr) and math.isfinite(self.calibration_temperature)):
+            raise ConfigError(f"synthesis config: lr and calibration_temperature must be finite, got {self.lr} and "
+                              f"{self.calibration_temperature}")
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+
+    def loss_temperature(self) -> float:
+        """Temperature of the teacher's softmax in the loss of rounds >= 1."""
+        t = self.calibration_loss_temperature
+        return self.calibration_temperature if t is None else t
 
     def images_per_round(self) -> list[int]:
         """Images of each round; never increasing, so image i of round k+1 always has a parent in round k."""

@@ -17,6 +17,35 @@ from dfnas.teachers.loader import TeacherConfig, load_teacher
 from dfnas.teachers.teacher import Teacher
 
 
+def class_similarity(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """S (K, K): S[i, j] = mean probability of class j over the images whose class is i.
+
+    ``probs`` (N, K) are teacher probabilities, ``labels`` (N,) the images' classes (the target class of a
+    synthetic image, the true class of a real one). Rows of absent classes are NaN.
+    """
+    s = torch.full((num_classes, num_classes), float("nan"), dtype=torch.float64)
+    for i in range(num_classes):
+        mask = labels == i
+        if bool(mask.any()):
+            s[i] = probs[mask].double().mean(0)
+    return s
+
+
+def similarity_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman correlation of the off-diagonal entries of two (K, K) class-similarity matrices
+    (entries that are NaN in either are left out; NaN when fewer than 3 remain)."""
+    from scipy.stats import spearmanr
+
+    k = a.shape[0]
+    off = ~torch.eye(k, dtype=torch.bool)
+    x, y = a[off], b[off]
+    keep = torch.isfinite(x) & torch.isfinite(y)
+    if int(keep.sum()) < 3:
+        return math.nan
+    rho = spearmanr(x[keep].numpy(), y[keep].numpy()).statistic
+    return float(rho)
+
+
 class _BNMoments:
     """Accumulates per-channel sums of each BatchNorm's input over a whole dataset (several batches)."""
 
@@ -61,8 +90,12 @@ class _BNMoments:
 
 
 @torch.no_grad()
-def dataset_metrics(ds: ImageSet, teacher: Teacher, batch_size: int = 250) -> dict[str, Any]:
-    """Teacher agreement with the targets, entropy, class counts, BN distance and feature diversity.
+def dataset_metrics(ds: ImageSet, teacher: Teacher, batch_size: int = 250,
+                    reference_similarity: torch.Tensor | None = None) -> dict[str, Any]:
+    """Teacher agreement with the targets, entropy, class counts, BN distance and feature diversity, plus the
+    class-similarity matrix (``class_similarity`` of the teacher's probabilities by target class) and, per
+    recursion round, entropy, second-class mass and the Spearman correlation of its similarity matrix with
+    ``reference_similarity`` (e.g. a real set's) when given.
 
     Everything is measured on the centre crops (what evaluation and the stored logits see).
     """
@@ -75,6 +108,7 @@ def dataset_metrics(ds: ImageSet, teacher: Teacher, batch_size: int = 250) -> di
     device = teacher.mean.device
     moments = _BNMoments(teacher)
     agree, entropy, feat_sum, feat_n = 0, 0.0, None, 0
+    probs: list[torch.Tensor] = []
     try:
         for i in range(0, len(ds), batch_size):
             imgs = ds.images[i:i + batch_size]
@@ -86,6 +120,7 @@ def dataset_metrics(ds: ImageSet, teacher: Teacher, batch_size: int = 250) -> di
             logits = teacher(x)  # (B, K)
             moments.active = True
             p = torch.softmax(logits.double(), 1)
+            probs.append(p.cpu())
             entropy += float(-(p * p.clamp_min(1e-30).log()).sum(1).sum())
             agree += int((logits.argmax(1).cpu() == ds.targets[i:i + batch_size].argmax(1)).sum())
             # diversity via sum of unit vectors: sum_{i != j} cos_ij = ||sum_i u_i||^2 - N, O(N D) not O(N^2)
@@ -105,11 +140,27 @@ def dataset_metrics(ds: ImageSet, teacher: Teacher, batch_size: int = 250) -> di
         "bn_distance": moments.distance(),
         "diversity": 1.0 - mean_cos,
     }
-    if ds.rounds is not None and int(ds.rounds.max()) > 0:
-        per_round = {}
-        for r in sorted(set(ds.rounds.tolist())):
-            per_round[str(r)] = int((ds.rounds == r).sum())
-        out["images_per_round"] = per_round
+    p_all = torch.cat(probs) if probs else torch.empty(0, ds.num_classes, dtype=torch.float64)
+    labels = ds.hard_labels
+    sim = class_similarity(p_all, labels, ds.num_classes)
+    out["class_similarity"] = [[round(float(v), 6) for v in row] for row in sim]
+    if reference_similarity is not None:
+        out["similarity_spearman"] = similarity_spearman(sim, reference_similarity)
+    rounds = ds.rounds if ds.rounds is not None else torch.zeros(n, dtype=torch.long)
+    per_round: dict[str, dict[str, Any]] = {}
+    for r in sorted(set(rounds.tolist())):
+        m = rounds == r
+        p = p_all[m]
+        top2 = p.topk(min(2, p.shape[1]), dim=1).values
+        rec: dict[str, Any] = {"images": int(m.sum()),
+                               "agreement": float((p.argmax(1) == labels[m]).double().mean()),
+                               "mean_entropy": float(-(p * p.clamp_min(1e-30).log()).sum(1).mean()),
+                               "second_class_mass": float(top2[:, -1].mean())}
+        if reference_similarity is not None:
+            rec["similarity_spearman"] = similarity_spearman(class_similarity(p, labels[m], ds.num_classes),
+                                                             reference_similarity)
+        per_round[str(r)] = rec
+    out["per_round"] = per_round
     return out
 
 
@@ -126,12 +177,16 @@ def inspect_dataset(path: str | Path, teacher: Teacher | TeacherConfig | str | N
         if not name:
             raise DataError(f"{str(path)!r} names no teacher (not a synthesized dataset); pass --teacher")
         teacher = load_teacher(name, device)
+    real_metrics, reference = None, None
+    if real is not None:
+        real_metrics = dataset_metrics(open_dataset(real), teacher, batch_size)
+        reference = torch.tensor(real_metrics["class_similarity"], dtype=torch.float64)
     report: dict[str, Any] = {"teacher": teacher.spec.name, "dataset": str(path),
                               "kind": ds.info.get("kind", "synthetic"),
-                              "metrics": dataset_metrics(ds, teacher, batch_size)}
-    if real is not None:
+                              "metrics": dataset_metrics(ds, teacher, batch_size, reference)}
+    if real_metrics is not None:
         report["real"] = str(real)
-        report["real_metrics"] = dataset_metrics(open_dataset(real), teacher, batch_size)
+        report["real_metrics"] = real_metrics
     return report
 
 
@@ -155,6 +210,16 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{'class counts (dataset)':30s}  {m['class_counts']}")
     if len(cols) > 1:
         lines.append(f"{'class counts (real)':30s}  {cols[1][1]['class_counts']}")
+    m = report["metrics"]
+    if "similarity_spearman" in m:
+        lines.append(f"{'class-similarity Spearman':30s}{m['similarity_spearman']:>14.3f}   (vs the real set, T=1)")
+    lines.append("per recursion round:")
+    head = ("round", 5), ("images", 7), ("agreement", 10), ("entropy", 9), ("2nd-class", 10), ("Spearman", 9)
+    lines.append("  " + " ".join(f"{name:>{width}s}" for name, width in head))
+    for r, rec in m.get("per_round", {}).items():
+        rho = rec.get("similarity_spearman")
+        lines.append(f"  {r:>5s} {rec['images']:>7d} {rec['agreement']:>10.2%} {rec['mean_entropy']:>9.3f} "
+                     f"{rec['second_class_mass']:>10.3f} {'-' if rho is None else f'{rho:.3f}':>9s}")
     return "\n".join(lines)
 
 

@@ -45,11 +45,19 @@ class BNStatsLoss:
     Per layer l: ``||mean_l - running_mean_l||_2 + ||var_l - running_var_l||_2`` (biased batch variance over
     batch and space), summed over layers with the first layer's term multiplied by ``first_multiplier``.
     Use as a context manager; ``pop()`` returns the summed loss of the last forward pass.
+
+    With ``momentum`` m > 0 and ``ema`` (per-layer (mean, var) of earlier batches), the compared statistics
+    are ``m * ema + (1 - m) * batch``: a batch is asked to bring the running average, not itself, to the
+    teacher's statistics (``mixed_stats()`` returns that average after a forward pass).
     """
 
-    def __init__(self, bns: list[nn.modules.batchnorm._BatchNorm], first_multiplier: float = 1.0) -> None:
+    def __init__(self, bns: list[nn.modules.batchnorm._BatchNorm], first_multiplier: float = 1.0,
+                 momentum: float = 0.0, ema: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.bns = bns
         self.first_multiplier = first_multiplier
+        self.momentum = momentum
+        self.ema = ema if momentum > 0 else None
+        self._stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._terms: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -65,6 +73,11 @@ class BNStatsLoss:
             s2 = ((x * x).sum(spatial) if spatial else x * x).double().sum(0)  # (C,)
             mean = s1 / n
             var = s2 / n - mean * mean  # biased batch variance
+            if self.ema is not None:
+                ema_mean, ema_var = self.ema[index]
+                mean = self.momentum * ema_mean.double() + (1 - self.momentum) * mean
+                var = self.momentum * ema_var.double() + (1 - self.momentum) * var
+            self._stats[index] = (mean.detach().float(), var.detach().float())
             assert module.running_mean is not None and module.running_var is not None
             d = torch.linalg.vector_norm(mean - module.running_mean.double()) + \
                 torch.linalg.vector_norm(var - module.running_var.double())
@@ -86,6 +99,12 @@ class BNStatsLoss:
             h.remove()
         self._handles.clear()
         self._terms.clear()
+
+    def mixed_stats(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (mean, var) compared in the last forward pass (after mixing with ``ema``), detached."""
+        if len(self._stats) != len(self.bns):
+            raise RuntimeError("no complete forward pass ran inside the hooks")
+        return [self._stats[i] for i in range(len(self.bns))]
 
     def pop(self) -> torch.Tensor:
         """Sum of the layer terms collected since the last ``pop`` (a scalar tensor)."""

@@ -7,8 +7,11 @@ logits, writes the shard and handles rounds, resume and ranks.
 from __future__ import annotations
 
 import dataclasses
+import math
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,7 @@ from dfnas.errors import ConfigError, DataError
 from dfnas.registry import Registry
 from dfnas.repro import derive_seed
 from dfnas.synthesis.config import SynthesisConfig
+from dfnas.synthesis.generator import FewStepSynthesizer
 from dfnas.synthesis.losses import LossWeights
 from dfnas.synthesis.optimize import StepRecord, optimize_batch, to_uint8
 from dfnas.teachers.teacher import Teacher
@@ -54,10 +58,17 @@ class SynthesisMethod:
 
     name = ""
     label_mode = "distill"  # supervision the search uses on this data unless the config says otherwise
+    # inversion loss weights a config leaves at None (the recipe of `full`, measured on the ResNet-20 teacher)
+    loss_defaults: dict[str, float] = {"ce_weight": 1.0, "bn_weight": 0.05, "first_bn_multiplier": 10.0,
+                                       "tv_l2_weight": 1.0}
 
     def resolve(self, cfg: SynthesisConfig, input_size: int) -> SynthesisConfig:
         """``cfg`` with the settings this method implies forced (recorded in the manifest)."""
         return cfg
+
+    def with_loss_defaults(self, cfg: SynthesisConfig) -> SynthesisConfig:
+        """``cfg`` with every loss weight left at None set to this method's default."""
+        return dataclasses.replace(cfg, **{k: v for k, v in self.loss_defaults.items() if getattr(cfg, k) is None})
 
     def prepare(self, cfg: SynthesisConfig, teacher: Teacher) -> None:
         """Load whatever the method needs once per run (e.g. the real dataset)."""
@@ -70,6 +81,24 @@ class SynthesisMethod:
         """-> (images uint8 (N, C, canvas, canvas), targets float32 (N, K)) on ``ctx.device``."""
         raise NotImplementedError
 
+    # -- state carried from shard to shard (stateless methods keep these no-ops) -----------------------
+    def restore(self, ctx: ShardContext, out: Path, rank: int, config_hash: str) -> int | None:
+        """For a method whose shards depend on earlier ones: load (or create) its state and return how many of
+        this rank's shards, in order, that state already reflects (later shards are made again, bit-identical).
+        None: shards are independent, every complete shard file counts."""
+        return None
+
+    def after_shard(self, out: Path, rank: int, position: int) -> None:
+        """Called once shard number ``position`` (1-based, in this rank's order) is on disk."""
+
+    @staticmethod
+    def targets_for(job: ShardJob, num_classes: int, device: torch.device, temperature: float
+                    ) -> tuple[torch.Tensor, float]:
+        """(targets (N, K), loss temperature): balanced one-hot in round 0, the parents' soft targets later."""
+        if job.parent_targets is None:
+            return round0_targets(job.start, job.count, num_classes, device), 1.0
+        return job.parent_targets.to(device), temperature
+
 
 SYNTHESIS_METHODS: Registry[SynthesisMethod] = Registry("synthesis method")
 
@@ -78,6 +107,14 @@ def round0_targets(start: int, count: int, num_classes: int, device: torch.devic
     """Balanced one-hot targets: image i of a round gets class i % K. -> (count, K) float32."""
     labels = torch.arange(start, start + count, device=device) % num_classes
     return F.one_hot(labels, num_classes).float()
+
+
+def loss_weights(cfg: SynthesisConfig) -> LossWeights:
+    """The inversion loss weights of a resolved synthesis config (no weight left at None)."""
+    if cfg.ce_weight is None or cfg.bn_weight is None or cfg.tv_l2_weight is None:
+        raise ValueError("loss weights are unresolved (None); resolve the config with the method's defaults first")
+    return LossWeights(ce=cfg.ce_weight, bn=cfg.bn_weight, tv_l1=cfg.tv_l1_weight, tv_l2=cfg.tv_l2_weight,
+                       l2=cfg.l2_weight)
 
 
 @SYNTHESIS_METHODS.register("full")
@@ -91,19 +128,14 @@ class InversionMethod(SynthesisMethod):
 
     def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = ctx.cfg
-        k = ctx.teacher.num_classes
-        if job.parent_targets is None:
-            targets, temperature = round0_targets(job.start, job.count, k, ctx.device), 1.0
-        else:
-            targets, temperature = job.parent_targets.to(ctx.device), cfg.calibration_temperature
-        weights = LossWeights(ce=cfg.ce_weight, bn=cfg.bn_weight, tv_l1=cfg.tv_l1_weight, tv_l2=cfg.tv_l2_weight,
-                              l2=cfg.l2_weight)
+        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature())
+        weights = loss_weights(cfg)
         canvas = optimize_batch(
             ctx.teacher, targets, input_size=ctx.input_size, canvas_size=ctx.canvas_size, steps=cfg.steps,
             lr=cfg.lr, betas=cfg.adam_betas, warmup_fraction=cfg.warmup_fraction,
             lowres_fraction=cfg.lowres_fraction, jitter=cfg.jitter, flip=cfg.flip,
             per_image_regions=cfg.per_image_regions, init_std=cfg.init_std, temperature=temperature,
-            weights=weights, first_bn_multiplier=cfg.first_bn_multiplier, init_gen=ctx.init_gen,
+            weights=weights, first_bn_multiplier=float(cfg.first_bn_multiplier or 0), init_gen=ctx.init_gen,
             geom_gen=ctx.geom_gen, log_every=cfg.log_every, on_log=ctx.on_log, on_step=ctx.on_step,
             where=f"round {job.round_idx} shard {job.shard_idx}")
         return to_uint8(canvas), targets
@@ -117,6 +149,97 @@ class PlainInversionMethod(InversionMethod):
 
     def resolve(self, cfg: SynthesisConfig, input_size: int) -> SynthesisConfig:
         return dataclasses.replace(cfg, rounds=1, canvas_size=input_size)
+
+
+@SYNTHESIS_METHODS.register("generator")
+class GeneratorMethod(SynthesisMethod):
+    """Few-step synthesis: a conditional generator carried from shard to shard (``dfnas.synthesis.generator``),
+    a few teacher passes per shard; regional update on its canvases; recursive calibration by conditioning it
+    on the previous round's soft predictions. Its state after every shard is saved (``state/``), so a killed
+    run resumes to the same bytes."""
+
+    name = "generator"
+    # a generator shares its weights over the batch: the BN-statistics term dominates (Fast-DFKD's ratio of
+    # BN to cross-entropy, 10 : 0.4), no total-variation prior (the convolutions already make smooth images)
+    loss_defaults = {"ce_weight": 0.4, "bn_weight": 10.0, "first_bn_multiplier": 1.0, "tv_l2_weight": 0.0}
+
+    def __init__(self) -> None:
+        self.synth: FewStepSynthesizer | None = None
+        self.chash = ""
+
+    def resolve(self, cfg: SynthesisConfig, input_size: int) -> SynthesisConfig:
+        canvas = cfg.canvas_size if cfg.canvas_size is not None else 4 * math.ceil(input_size * 1.25 / 4)
+        if canvas % 4:
+            raise ConfigError(f"synthesis config: method 'generator' needs a canvas_size divisible by 4, got {canvas}")
+        # one random region per image: the generator is shared by the batch, so every canvas position gets a
+        # gradient at every step (one offset per batch leaves the canvas borders unconstrained)
+        return dataclasses.replace(cfg, canvas_size=canvas, lowres_fraction=0.0, per_image_regions=True)
+
+    def steps_per_shard(self, cfg: SynthesisConfig) -> int:
+        return cfg.generator.steps
+
+    @staticmethod
+    def state_path(out: Path, rank: int) -> Path:
+        return out / "state" / f"generator_rank{rank}.pt"
+
+    def restore(self, ctx: ShardContext, out: Path, rank: int, config_hash: str) -> int | None:
+        from dfnas.repro import make_generator
+
+        cfg = ctx.cfg
+        self.chash = config_hash
+        self.synth = FewStepSynthesizer(
+            ctx.teacher, cfg.generator, loss_weights(cfg), float(cfg.first_bn_multiplier or 0), ctx.canvas_size,
+            ctx.input_size, make_generator(cfg.seed, "generator", rank, "init"), jitter=cfg.jitter, flip=cfg.flip,
+            per_image_regions=cfg.per_image_regions)
+        path = self.state_path(out, rank)
+        if path.is_file():
+            try:
+                st = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+                raise DataError(f"generator state {str(path)!r} is corrupt ({e}); delete it (the shards after the "
+                                "warm-up are then made again from the start)") from None
+            if not isinstance(st, dict) or st.get("config_hash") != config_hash:
+                raise DataError(f"generator state {str(path)!r} belongs to another configuration (hash "
+                                f"{st.get('config_hash') if isinstance(st, dict) else '?'} != {config_hash}); "
+                                "delete it to start over")
+            self.synth.load_state_dict(st["state"])
+            return int(st["position"])
+        self._warm_up(ctx, rank)
+        self.after_shard(out, rank, 0)
+        return 0
+
+    def _warm_up(self, ctx: ShardContext, rank: int) -> None:
+        """Train the meta generator on ``warmup_batches`` one-hot batches whose images are not kept."""
+        from dfnas.repro import make_generator
+
+        assert self.synth is not None
+        g = ctx.cfg.generator
+        k = ctx.teacher.num_classes
+        z_gen = make_generator(ctx.cfg.seed, "generator", rank, "warmup", device=ctx.device)
+        geom = make_generator(ctx.cfg.seed, "generator", rank, "warmup-geometry")
+        for i in range(g.warmup_batches):
+            targets = round0_targets(i * ctx.cfg.batch_size, ctx.cfg.batch_size, k, ctx.device)
+            self.synth.make_batch(targets, 1.0, g.warmup_steps, z_gen, geom, where=f"warm-up batch {i}")
+
+    def after_shard(self, out: Path, rank: int, position: int) -> None:
+        from dfnas.io import atomic_torch_save
+
+        assert self.synth is not None
+        atomic_torch_save(self.state_path(out, rank), {"position": position, "config_hash": self.chash,
+                                                       "state": self.synth.state_dict()})
+
+    def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.synth is None:
+            raise RuntimeError("GeneratorMethod.restore() was not called")
+        cfg = ctx.cfg
+        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature())
+        canvas = self.synth.make_batch(targets, temperature, cfg.generator.steps, ctx.init_gen, ctx.geom_gen,
+                                       on_log=ctx.on_log, log_every=cfg.log_every,
+                                       where=f"round {job.round_idx} shard {job.shard_idx}")
+        if ctx.on_step is not None:
+            for _ in range(cfg.generator.steps):
+                ctx.on_step()
+        return to_uint8(canvas), targets
 
 
 class _BaselineMethod(SynthesisMethod):

@@ -46,7 +46,8 @@ _TEACHER_NOT_HASHED = ("weights", "download")
 def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMethod) -> SynthesisConfig:
     """Apply what the method forces, the auto canvas and label mode, and the no-BatchNorm fallback."""
     input_size = teacher.spec.input_size
-    cfg = method.resolve(cfg, input_size)
+    cfg = method.with_loss_defaults(method.resolve(cfg, input_size))
+    assert cfg.bn_weight is not None
     if cfg.bn_weight > 0 and not teacher.batchnorms():
         warnings.warn(f"teacher {teacher.spec.name!r} has no BatchNorm layers: the feature-statistics term is "
                       "off (bn_weight=0)", stacklevel=3)
@@ -58,6 +59,10 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
 def dataset_hash(resolved: dict[str, Any], teacher: Teacher) -> str:
     """Hash of everything that determines the data: resolved config and teacher identity (not its path)."""
     cfg = {k: v for k, v in resolved.items() if k not in _NOT_HASHED}
+    if cfg.get("method") != "generator":  # the generator's settings do not change other methods' data
+        cfg.pop("generator", None)
+    if cfg.get("calibration_loss_temperature") is None:  # added later; null keeps earlier datasets' hashes
+        cfg.pop("calibration_loss_temperature", None)
     cfg["teacher"] = {k: v for k, v in cfg["teacher"].items() if k not in _TEACHER_NOT_HASHED}
     ident = {k: v for k, v in teacher.spec.identity().items() if k != "source"}
     return config_hash({"config": cfg, "teacher": ident})
@@ -83,6 +88,8 @@ def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True) -> d
             p.unlink()
         for name in (MANIFEST, *OUTPUT_FILES, *[p.name for p in out.glob("synthesis_log*.jsonl")]):
             (out / name).unlink(missing_ok=True)
+        for p in out.glob("state/*.pt"):
+            p.unlink()
         return None
     leftovers = [p.name for p in out.iterdir() if not p.name.startswith(".")]
     if leftovers and main:
@@ -154,7 +161,12 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     per_round, shards = cfg.images_per_round(), cfg.shards_per_round()
     done = {(r, s) for r, s, _ in list_shards(out)}
     mine = [(r, s) for r in range(cfg.rounds) for s in range(shards[r]) if s % world_size == rank]
-    todo = [rs for rs in mine if rs not in done]
+    # a method carrying state from shard to shard says how many of this rank's shards its state reflects
+    restore_ctx = ShardContext(cfg, teacher, device, teacher.spec.input_size, int(cfg.canvas_size or 0),
+                               init_gen=make_generator(cfg.seed, "restore", device=device),
+                               geom_gen=make_generator(cfg.seed, "restore"))
+    position = method.restore(restore_ctx, out, rank, chash)
+    todo = [rs for rs in mine if rs not in done] if position is None else mine[position:]
     log_name = "synthesis_log.jsonl" if rank == 0 else f"synthesis_log.rank{rank}.jsonl"
     from tqdm import tqdm
 
@@ -169,6 +181,7 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
                                                                   cfg.calibration_temperature)
                     for s in todo_r:
                         _make_shard(method, cfg, teacher, device, out, r, s, per_round[r], parents, logger, bar)
+                        method.after_shard(out, rank, mine.index((r, s)) + 1)
                 if barrier is not None and r < cfg.rounds - 1:
                     barrier()
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from dfnas.search.losses import Criterion
 from dfnas.search.report import nb201_ground_truth, plot_progress
 from dfnas.search.rundir import dataset_info, prepare_run_dir, resolve_teacher, teacher_identity, with_label_mode
 from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
+from dfnas.train.datafree import OnlineBank, OnlineConfig
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrainConfig:
     eval_max_batches: int | None = None  # held-out batches evaluated per epoch (None: all)
     eval_batch_size: int = 256
     max_steps: int | None = None
+    online: OnlineConfig = field(default_factory=OnlineConfig)  # online synthesis on data-free training sets
 
     def loop(self) -> LoopConfig:
         return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_min=self.lr_min,
@@ -105,6 +107,20 @@ def resolve_space(space_cfg: Space | SpaceConfig | Mapping[str, Any], ds: ImageS
     return build_space(name, **opts)
 
 
+def manifest_teacher(ds: ImageSet, device: torch.device) -> Any:
+    """The teacher recorded in a synthetic dataset's manifest (name, weights, declared input), loaded."""
+    from dfnas.config import from_dict
+    from dfnas.data.shards import read_manifest
+    from dfnas.teachers import load_teacher
+    from dfnas.teachers.loader import TeacherConfig
+
+    src = ds.info.get("source")
+    if not src or not (Path(src) / "manifest.json").is_file():
+        raise ConfigError("online synthesis needs the teacher: pass --teacher (the dataset has no manifest naming it)")
+    tcfg = dict(read_manifest(src).get("config", {}).get("teacher") or {})
+    return load_teacher(from_dict(TeacherConfig, tcfg, where=f"teacher in the manifest of {src}"), device)
+
+
 def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: Space | SpaceConfig | Mapping[str, Any],
                   data: ImageSet | str | Path, out: str | Path, device: str | torch.device | None = None,
                   test_data: ImageSet | str | Path | None = None, progress: bool = True, teacher: Any = None,
@@ -135,6 +151,9 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
         train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "train", "split"))
     else:
         train, held = ds, None
+    online = cfg.online.active_for(ds)
+    if online and teacher is None:  # data-free training distils from the teacher that made the data
+        teacher = manifest_teacher(ds, dev)
     tch = resolve_teacher(teacher, dev, ds)
     loop_cfg = to_dict(cfg.loop())
     identity = {
@@ -143,6 +162,8 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }
+    if online:  # only then: runs without online synthesis keep their earlier identity hashes
+        identity["online"] = {**to_dict(cfg.online), "enabled": True}
     record = {"train": to_dict(cfg), "arch": arch.to_json(), "device": str(dev),
               "split": {"train": len(train), "held_out": len(held) if held is not None else 0},
               "test_set": dataset_info(test) if test is not None else None, **{k: identity[k] for k in
@@ -150,8 +171,9 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
     out_dir, h = prepare_run_dir(out, identity, record)
     method = build_method("fixed", space, FixedConfig(arch), make_generator(cfg.seed, "method", "fixed"), dev)
     criterion = Criterion(ds.label_mode, cfg.temperature, tch)
+    source = OnlineBank(train, tch, cfg.online, cfg.seed, dev) if online else None
     outcome = run_loop(method, train, held, cfg.loop(), criterion, out_dir, dev, h, cfg.seed, progress=progress,
-                       on_step=on_step, desc=f"train[{space.name}]")
+                       on_step=on_step, desc=f"train[{space.name}]", data_source=source)
     model = outcome.model
     atomic_torch_save(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     from dfnas.spaces.flops import space_cost
@@ -161,6 +183,7 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
         "arch": arch.to_json(), "arch_str": str(arch), "space": space.config(), **space_cost(space, arch),
         "train_time_s": round(outcome.elapsed_s, 2), "weight_steps": outcome.steps, "epochs": cfg.epochs,
         "label_mode": ds.label_mode, "online_teacher": tch is not None, "final_held_out": outcome.last_eval or None,
+        "online_synthesis": online, "images_made_online": source.made if source is not None else 0,
         "test_top1": evaluate(model, test, dev, cfg.eval_batch_size) if test is not None else None,
         "test_set": (test.info.get("source") if test is not None else None),
         "test_n": len(test) if test is not None else 0, "nb201": gt, "nb201_note": note,

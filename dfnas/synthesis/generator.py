@@ -1,0 +1,228 @@
+"""Few-step synthesis with a conditional generator whose weights carry over from batch to batch.
+
+A small convolutional generator maps (noise z, target distribution y) to a canvas (B, C, S, S) in [0, 1].
+Each new batch starts from a copy of the *meta* generator and fresh latents, takes ``steps`` Adam steps on
+the inversion loss (target cross-entropy, BatchNorm statistics, image priors; optionally the adversarial
+student-teacher disagreement) over random input-sized regions of the canvas, and keeps the result. The
+meta generator then moves towards the adapted copy (a Reptile step, as in Fast-DFKD, Fang et al. 2022), so
+what every batch has to learn (natural image statistics, class features) accumulates in the meta weights
+and each new batch needs only a few teacher passes. The BatchNorm statistics term may average the batch
+statistics with those of earlier batches (``bn_momentum``), so no single small batch has to match the
+teacher's dataset statistics on its own.
+
+Everything the synthesizer carries between batches is in ``state_dict()``, so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfnas.errors import ConfigError
+from dfnas.synthesis.losses import BNStatsLoss, LossWeights, inversion_loss
+from dfnas.synthesis.optimize import NonFiniteLossError, StepRecord, _draw_geometry, crop_region
+from dfnas.teachers.teacher import Teacher
+
+
+@dataclass
+class GeneratorConfig:
+    """Settings of the few-step generator (``synthesis.generator.*``)."""
+
+    steps: int = 2  # Adam steps per batch on the copied generator and the batch's latents
+    warmup_batches: int = 20  # batches used only to train the meta generator before any image is kept
+    warmup_steps: int = 10  # steps per warm-up batch
+    latent_dim: int = 64
+    width: int = 32  # channels of the last hidden layer (2x that before); cost ~ width^2
+    lr: float = 0.01  # Adam on the copied generator's weights
+    latent_lr: float = 0.05  # Adam on the latents
+    meta_lr: float = 0.01  # Adam on the meta generator with the Reptile direction as gradient
+    bn_momentum: float = 0.9  # 0: each batch matches the BN statistics alone
+    reset_latent_layer: bool = True  # fresh N(0, 0.02) latent projection per batch: diversity between batches
+    adv_weight: float = 0.0  # online training only: reward images the student gets wrong
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "warmup_steps", "latent_dim", "width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"synthesis.generator.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_batches < 0:
+            raise ConfigError(f"synthesis.generator.warmup_batches must be >= 0, got {self.warmup_batches}")
+        for name in ("lr", "latent_lr", "meta_lr"):
+            v = getattr(self, name)
+            if not (v > 0 and v < float("inf")):
+                raise ConfigError(f"synthesis.generator.{name} must be a finite number > 0, got {v}")
+        if not 0 <= self.bn_momentum < 1:
+            raise ConfigError(f"synthesis.generator.bn_momentum must lie in [0, 1), got {self.bn_momentum}")
+        if not (0 <= self.adv_weight < float("inf")):
+            raise ConfigError(f"synthesis.generator.adv_weight must be a finite number >= 0, got {self.adv_weight}")
+
+
+class ConditionalGenerator(nn.Module):
+    """(z (B, latent), y (B, K) class distribution) -> canvas (B, C, S, S) in [0, 1]; S divisible by 4."""
+
+    def __init__(self, num_classes: int, canvas_size: int, channels: int = 3, latent_dim: int = 64,
+                 width: int = 32) -> None:
+        super().__init__()
+        if canvas_size % 4:
+            raise ConfigError(f"the generator needs a canvas side divisible by 4, got {canvas_size}")
+        self.init = canvas_size // 4
+        w2 = 2 * width
+        # the latent and the class condition each map to the first feature map (B, 2w, S/4, S/4); the class
+        # maps survive a reset of ``fc`` (``reset_latent_layer``), so the meta generator keeps what each class
+        # looks like while every batch gets a fresh random projection of its latents
+        self.fc = nn.Linear(latent_dim, w2 * self.init * self.init)
+        self.embed = nn.Linear(num_classes, w2 * self.init * self.init, bias=False)
+        self.w2 = w2
+        self.norm0 = nn.BatchNorm2d(w2)  # normalizes the latent part alone: its scale never vanishes
+        self.body = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(w2, w2, 3, padding=1, bias=False), nn.BatchNorm2d(w2), nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(w2, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, channels, 3, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shape = (len(z), self.w2, self.init, self.init)
+        h = self.norm0(self.fc(z).view(shape)) + self.embed(y).view(shape)  # (B, 2w, S/4, S/4)
+        return torch.sigmoid(self.body(h))
+
+
+def adversarial_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Negative Jensen-Shannon divergence between student and teacher predictions, counted only where they
+    still agree on the class (CMI / Fast-DFKD): minimizing it pushes images towards the student's mistakes."""
+    p_s, p_t = F.softmax(student_logits, 1), F.softmax(teacher_logits, 1)
+    m = 0.5 * (p_s + p_t)
+    js = 0.5 * ((p_s * (p_s.clamp_min(1e-8) / m.clamp_min(1e-8)).log()).sum(1)
+                + (p_t * (p_t.clamp_min(1e-8) / m.clamp_min(1e-8)).log()).sum(1))  # (B,)
+    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float()
+    return -(js * agree).sum() / agree.sum().clamp_min(1.0)
+
+
+class FewStepSynthesizer:
+    """The meta generator, its optimizer and the BN-statistics average: one batch of images per call."""
+
+    def __init__(self, teacher: Teacher, cfg: GeneratorConfig, weights: LossWeights, first_bn_multiplier: float,
+                 canvas_size: int, input_size: int, init_gen: torch.Generator, jitter: int = 2,
+                 flip: bool = True, per_image_regions: bool = False) -> None:
+        self.teacher, self.cfg, self.weights = teacher, cfg, weights
+        self.first_bn_multiplier = first_bn_multiplier
+        self.canvas_size, self.input_size = canvas_size, input_size
+        self.jitter, self.flip, self.per_image_regions = jitter, flip, per_image_regions
+        device = teacher.mean.device
+        self.meta = ConditionalGenerator(teacher.num_classes, canvas_size, teacher.spec.in_channels,
+                                         cfg.latent_dim, cfg.width)
+        # initial weights from the run's generator (constructors draw from the global RNG)
+        with torch.no_grad():
+            for p in self.meta.parameters():
+                if p.dim() > 1:
+                    fan_in = p[0].numel()
+                    p.copy_(torch.randn(p.shape, generator=init_gen) * (2.0 / fan_in) ** 0.5)
+                elif p.dim() == 1:
+                    p.zero_()
+            for m in self.meta.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.fill_(1.0)
+        self.meta.to(device).train()
+        self.meta_opt = torch.optim.Adam(self.meta.parameters(), lr=cfg.meta_lr, betas=(0.5, 0.999))
+        self.bn_ema: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.batches = 0  # batches made so far (warm-up included)
+
+    # -- one batch -------------------------------------------------------------------------------------
+    def make_batch(self, targets: torch.Tensor, temperature: float, steps: int, z_gen: torch.Generator,
+                   geom_gen: torch.Generator, student: nn.Module | None = None,
+                   on_log: Callable[[StepRecord], None] | None = None, log_every: int = 1,
+                   where: str = "") -> torch.Tensor:
+        """Adapt a copy of the meta generator to ``targets`` (B, K) for ``steps`` steps; update the meta
+        generator; return the batch's canvases (B, C, S, S) float in [0, 1], detached."""
+        device = targets.device
+        b = len(targets)
+        fast = copy.deepcopy(self.meta)
+        z = torch.randn(b, self.cfg.latent_dim, generator=z_gen, device=device).requires_grad_(True)
+        if self.cfg.reset_latent_layer:
+            with torch.no_grad():
+                w = fast.fc.weight
+                w.copy_(torch.randn(w.shape, generator=z_gen, device=device) * 0.02)
+                fast.fc.bias.zero_()
+        opt = torch.optim.Adam([{"params": list(fast.parameters()), "lr": self.cfg.lr},
+                                {"params": [z], "lr": self.cfg.latent_lr}], betas=(0.5, 0.999))
+        use_bn = self.weights.bn > 0
+        bn_loss = BNStatsLoss(self.teacher.batchnorms(), self.first_bn_multiplier, momentum=self.cfg.bn_momentum,
+                              ema=self.bn_ema) if use_bn else None
+        use_adv = student is not None and self.cfg.adv_weight > 0
+        size = self.input_size
+        try:
+            if bn_loss is not None:
+                bn_loss.__enter__()
+            for step in range(steps):
+                canvas = fast(z, targets)  # (B, C, S, S)
+                tops, lefts, dy, dx, do_flip = _draw_geometry(geom_gen, b, self.canvas_size - size,
+                                                              self.per_image_regions, self.jitter, self.flip)
+                x = crop_region(canvas, tops.to(device), lefts.to(device), size)  # (B, C, size, size)
+                if dy or dx:
+                    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+                if do_flip:
+                    x = x.flip(3)
+                total, terms, logits = inversion_loss(self.teacher, x, targets, temperature, self.weights, bn_loss)
+                if use_adv:
+                    assert student is not None
+                    terms["adv"] = adversarial_loss(student(x), logits)
+                    total = total + self.cfg.adv_weight * terms["adv"]
+                if not bool(torch.isfinite(total)):
+                    bad = [k for k, v in terms.items() if not bool(torch.isfinite(v))] or ["total"]
+                    raise NonFiniteLossError(f"synthesis {where}: generator loss term {bad[0]!r} became non-finite "
+                                             f"at step {step}; lower synthesis.generator.lr or that term's weight")
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                if bn_loss is not None and step == steps - 1:
+                    self.bn_ema = bn_loss.mixed_stats()
+                if on_log is not None and (step % log_every == 0 or step == steps - 1):
+                    acc = float((logits.argmax(1) == targets.argmax(1)).float().mean())
+                    on_log(StepRecord(step, self.cfg.lr, float(total.detach()),
+                                      {k: float(v.detach()) for k, v in terms.items()}, acc))
+        finally:
+            if bn_loss is not None:
+                bn_loss.__exit__(None, None, None)
+        self._reptile(fast)
+        self.batches += 1
+        with torch.no_grad():
+            return fast(z.detach(), targets).clamp_(0, 1)
+
+    def _reptile(self, fast: nn.Module) -> None:
+        """Move the meta weights towards the adapted copy: Adam with gradient (meta - fast)."""
+        self.meta_opt.zero_grad(set_to_none=True)
+        for p_meta, p_fast in zip(self.meta.parameters(), fast.parameters(), strict=True):
+            p_meta.grad = (p_meta.detach() - p_fast.detach()).clone()
+        self.meta_opt.step()
+        with torch.no_grad():  # the BN running buffers are unused (always train mode) but keep them in step
+            for b_meta, b_fast in zip(self.meta.buffers(), fast.buffers(), strict=True):
+                b_meta.copy_(b_fast)
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything carried from batch to batch (CPU tensors)."""
+        return {
+            "meta": {k: v.detach().cpu().clone() for k, v in self.meta.state_dict().items()},
+            "meta_opt": self.meta_opt.state_dict(),
+            "bn_ema": None if self.bn_ema is None else [(m.cpu(), v.cpu()) for m, v in self.bn_ema],
+            "batches": self.batches,
+            "arch": {"latent_dim": self.cfg.latent_dim, "width": self.cfg.width, "canvas_size": self.canvas_size},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output; ConfigError when it was made by a differently shaped generator."""
+        arch = {"latent_dim": self.cfg.latent_dim, "width": self.cfg.width, "canvas_size": self.canvas_size}
+        if state.get("arch") != arch:
+            raise ConfigError(f"generator state was saved for {state.get('arch')}, this run needs {arch}")
+        device = self.teacher.mean.device
+        self.meta.load_state_dict(state["meta"])
+        self.meta_opt.load_state_dict(state["meta_opt"])
+        ema = state.get("bn_ema")
+        self.bn_ema = None if ema is None else [(m.to(device), v.to(device)) for m, v in ema]
+        self.batches = int(state["batches"])

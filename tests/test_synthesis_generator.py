@@ -1,0 +1,177 @@
+"""Few-step generator synthesis: determinism, resume to the same bytes, rounds, state errors, similarity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dfnas.data.shards import list_shards, read_manifest, read_shard, read_synthetic
+from dfnas.errors import ConfigError, DataError
+from dfnas.synthesis import make_config, synthesize
+from dfnas.synthesis.generator import ConditionalGenerator, adversarial_loss
+from dfnas.synthesis.inspect import class_similarity, similarity_spearman
+from dfnas.synthesis.toy import toy_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return toy_teacher(num_classes=4, input_size=8, seed=0)
+
+
+def _cfg(*overrides: str):
+    return make_config("tiny", ["plots=false", "method=generator", "generator.warmup_batches=2",
+                                "generator.warmup_steps=2", "generator.width=4", "generator.latent_dim=8",
+                                *overrides])
+
+
+def _run(cfg, out: Path, teacher, **kw) -> Path:
+    return synthesize(cfg, out, teacher=teacher, device="cpu", progress=False, **kw)
+
+
+def _shards(out: Path) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+    return {(r, s): read_shard(p) for r, s, p in list_shards(out)}
+
+
+@pytest.fixture(scope="module")
+def gen_dataset(tmp_path_factory, teacher) -> Path:
+    return _run(_cfg(), tmp_path_factory.mktemp("gen") / "ds", teacher)
+
+
+def test_generator_dataset_format_and_rounds(gen_dataset: Path, teacher) -> None:
+    man = read_manifest(gen_dataset)
+    assert man["complete"] and man["method"] == "generator" and man["label_mode"] == "distill"
+    assert man["canvas_size"] == 12  # 8 px * 1.25 rounded up to a multiple of 4
+    assert man["config"]["lowres_fraction"] == 0.0 and man["config"]["generator"]["width"] == 4
+    ds = read_synthetic(gen_dataset)
+    assert ds.images.shape == (16, 3, 12, 12) and ds.rounds.tolist() == [0] * 8 + [1] * 8
+    assert torch.equal(ds.targets[:8], torch.nn.functional.one_hot(torch.arange(8) % 4, 4).float())
+    t = man["config"]["calibration_temperature"]
+    with torch.no_grad():  # round 1 is conditioned on the teacher's soft predictions for round 0
+        prev = teacher(ds.images[:8, :, 2:10, 2:10].float() / 255)
+    assert torch.allclose(ds.targets[8:], torch.softmax(prev / t, 1), atol=1e-5)
+    assert (gen_dataset / "state" / "generator_rank0.pt").is_file()
+    assert len({ds.images[i].numpy().tobytes() for i in range(16)}) == 16  # no two images alike
+
+
+def test_generator_is_deterministic_and_resumes_to_the_same_bytes(tmp_path: Path, teacher, gen_dataset: Path,
+                                                                  monkeypatch) -> None:
+    import dfnas.synthesis.runner as runner
+
+    real_write, calls = runner.write_shard, []
+
+    def killing_write(*args, **kwargs):
+        if len(calls) == 3:  # die in round 1, after the generator has carried state over three shards
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_shard", killing_write)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(), out, teacher)
+    assert len(list_shards(out)) == 3
+    monkeypatch.setattr(runner, "write_shard", real_write)
+    _run(_cfg(), out, teacher)
+    a, b = _shards(gen_dataset), _shards(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        for name in a[key]:
+            assert np.array_equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_shard_written_but_state_behind_is_made_again_identically(tmp_path: Path, teacher, gen_dataset: Path,
+                                                                   monkeypatch) -> None:
+    import dfnas.synthesis.methods as methods
+
+    real_after, calls = methods.GeneratorMethod.after_shard, []
+
+    def dying_after(self, out, rank, position):
+        if position == 2:  # shard 2 is on disk, the state saying so is not
+            raise KeyboardInterrupt
+        calls.append(position)
+        return real_after(self, out, rank, position)
+
+    monkeypatch.setattr(methods.GeneratorMethod, "after_shard", dying_after)
+    out = tmp_path / "behind"
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(), out, teacher)
+    assert len(list_shards(out)) == 2
+    monkeypatch.setattr(methods.GeneratorMethod, "after_shard", real_after)
+    _run(_cfg(), out, teacher)
+    a, b = _shards(gen_dataset), _shards(out)
+    assert all(np.array_equal(a[k]["images"], b[k]["images"]) for k in a)
+
+
+def test_corrupt_or_foreign_generator_state_is_refused(tmp_path: Path, teacher, monkeypatch) -> None:
+    import dfnas.synthesis.runner as runner
+
+    out = tmp_path / "bad"
+    real_write = runner.write_shard
+
+    def kill(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_shard", kill)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(), out, teacher)
+    monkeypatch.setattr(runner, "write_shard", real_write)
+    state = out / "state" / "generator_rank0.pt"
+    good = state.read_bytes()
+    state.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="generator state .* is corrupt"):
+        _run(_cfg(), out, teacher)
+    st = torch.load(__import__("io").BytesIO(good), weights_only=True)
+    st["config_hash"] = "0000"
+    torch.save(st, state)
+    with pytest.raises(DataError, match="another configuration"):
+        _run(_cfg(), out, teacher)
+
+
+def test_generator_config_errors(teacher, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="generator.steps"):
+        _cfg("generator.steps=0")
+    with pytest.raises(ConfigError, match="generator.lr"):
+        _cfg("generator.lr=.inf")
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        _run(_cfg("canvas_size=10"), tmp_path / "c", teacher)
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        _cfg("generator.step=3")
+
+
+def test_generator_output_shape_and_range() -> None:
+    torch.manual_seed(0)
+    g = ConditionalGenerator(num_classes=5, canvas_size=16, channels=1, latent_dim=6, width=3)
+    with torch.no_grad():
+        out = g(torch.randn(7, 6), torch.softmax(torch.randn(7, 5), 1))
+    assert out.shape == (7, 1, 16, 16) and float(out.min()) >= 0 and float(out.max()) <= 1
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        ConditionalGenerator(num_classes=5, canvas_size=18)
+
+
+def test_adversarial_loss_counts_only_agreeing_images() -> None:
+    t = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
+    same = adversarial_loss(t.clone(), t)  # identical predictions: JS = 0
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    s = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # image 0 agrees (class 0), image 1 does not
+    p_s, p_t = torch.softmax(s[0], 0), torch.softmax(t[0], 0)
+    m = (p_s + p_t) / 2
+    js = 0.5 * float((p_s * (p_s / m).log()).sum() + (p_t * (p_t / m).log()).sum())
+    assert float(adversarial_loss(s, t)) == pytest.approx(-js, rel=1e-5)
+
+
+def test_class_similarity_on_a_constructed_example() -> None:
+    # two images of class 0 and one of class 1 over 3 classes; class 2 has no image
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.3, 0.6, 0.1]])
+    s = class_similarity(probs, torch.tensor([0, 0, 1]), 3)
+    assert torch.allclose(s[0], torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64))
+    assert torch.allclose(s[1], torch.tensor([0.3, 0.6, 0.1], dtype=torch.float64))
+    assert bool(torch.isnan(s[2]).all())
+    a = torch.tensor([[0, 1, 2], [3, 0, 4], [5, 6, 0]], dtype=torch.float64)
+    assert similarity_spearman(a, a * 10 + 1) == pytest.approx(1.0)
+    assert similarity_spearman(a, -a) == pytest.approx(-1.0)
+    # off-diagonal values 1..6 against the ranks 1,2,3,4,6,5: rho = 1 - 6 * 2 / (6 * 35) = 0.942857
+    b = torch.tensor([[9, 1, 2], [3, 9, 4], [6, 5, 9]], dtype=torch.float64)
+    assert similarity_spearman(a, b) == pytest.approx(1 - 12 / 210)
