@@ -97,3 +97,33 @@ def _run_and_check(sq: ModuleType, args: list[str], tmp_path: Path) -> None:
     before = cell_file.stat().st_mtime_ns
     assert sq.main(args) == 0  # the finished cell is skipped, not recomputed
     assert cell_file.stat().st_mtime_ns == before
+
+
+@pytest.mark.integration
+def test_datafree_wallclock_and_calibration_smoke(tmp_path):
+    from dfnas.assets import asset_path
+
+    if asset_path("cifar10", "jpeg", "train") is None:
+        pytest.skip("shared assets (CIFAR-10 JPEG) not found")
+    import torch
+
+    wc, cal = _load("datafree_wallclock"), _load("calibration")
+    common_args = ["--budget", "smoke", "--threads", "1", "--work", str(tmp_path / "w"), "--out",
+                   str(tmp_path / "out"), "--quiet"]
+    threads = torch.get_num_threads()
+    try:
+        assert wc.main([*common_args, "--variants", "generator_online,real_hard"]) == 0
+        assert cal.main([*common_args, "--settings", "generator_T2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((tmp_path / "out" / "datafree_wallclock_smoke.json").read_text())
+    groups = summary["groups"]
+    assert set(groups) == {"generator_online", "real_hard"}
+    online = next(c for c in summary["cells"] if c["variant"] == "generator_online")
+    assert online["images_made_online"] > 0 and online["make_seconds"] > 0 and online["curve"]
+    assert "top1_at_real_wall" in groups["generator_online"]
+    cal_sum = json.loads((tmp_path / "out" / "calibration_smoke.json").read_text())
+    (cell,) = cal_sum["cells"]
+    assert set(cell["per_round"]) == {"0", "1", "2"} and -1 <= cell["spearman_all"] <= 1
+    assert (tmp_path / "out" / "calibration_smoke.png").is_file()
+    assert (tmp_path / "out" / "datafree_wallclock_smoke.png").is_file()

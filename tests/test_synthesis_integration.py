@@ -68,3 +68,29 @@ def test_resnet20_tiny_budget_synthesis_is_teacher_consistent(tmp_path: Path) ->
     rep = inspect_dataset(out, teacher)
     assert rep["metrics"]["agreement"] == pytest.approx(sum(man["summary"]["agreement_per_round"]) / 2)
     assert "teacher agreement" in format_report(rep)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(RESNET20 is None or EXACT_TEST is None,
+                    reason="shared assets not found (set DFNAS_ASSETS to the assets directory)")
+def test_resnet20_tiny_budget_generator_synthesis_and_calibration_report(tmp_path: Path) -> None:
+    from dfnas.synthesis import make_config, synthesize
+    from dfnas.synthesis.inspect import format_report, inspect_dataset
+    from dfnas.teachers import TeacherConfig, load_teacher
+
+    teacher = load_teacher(TeacherConfig(name="cifar10_resnet20", download=False))
+    cfg = make_config("default", ["method=generator", "num_images=60", "batch_size=20", "rounds=2", "plots=false",
+                                  "generator.warmup_batches=3"])
+    out = synthesize(cfg, tmp_path / "gen", teacher=teacher, progress=False)
+    man = read_manifest(out)
+    assert man["complete"] and man["config"]["bn_weight"] == 10.0 and man["canvas_size"] == 40
+    ds = read_synthetic(out)
+    assert ds.images.shape == (60, 3, 40, 40) and ds.rounds.tolist() == [0] * 30 + [1] * 30
+    # a few teacher passes per batch: the teacher already recognizes the target class well above chance (10 %)
+    assert man["summary"]["agreement_per_round"][0] >= 0.2
+    rep = inspect_dataset(out, teacher, real=EXACT_TEST)
+    rounds = rep["metrics"]["per_round"]
+    assert set(rounds) == {"0", "1"} and all(-1 <= r["similarity_spearman"] <= 1 for r in rounds.values())
+    assert 0 < rounds["1"]["second_class_mass"] < 0.5
+    table = format_report(rep)
+    assert "class-similarity Spearman" in table and "per recursion round" in table

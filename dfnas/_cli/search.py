@@ -29,6 +29,8 @@ def _train(args: argparse.Namespace) -> int:
                       config=args.config, seed=args.seed, device=args.device, teacher=args.teacher,
                       table=args.nb201_table, progress=not args.quiet)
     line = f"trained {r['arch_str']} in {r['train_time_s']:.0f} s"
+    if r.get("online_synthesis"):
+        line += f" (data-free: {r['images_made_online']:,} images synthesized online into the replay bank)"
     if r.get("test_top1") is not None:
         line += f"; top-1 {r['test_top1']:.2f} % on {r['test_n']} test images"
     print(line + f"\nrun directory: {args.out}")

@@ -44,10 +44,14 @@ def write_shard(path: str | Path, images: np.ndarray, targets: np.ndarray, logit
                         logits=logits.astype(np.float32), rounds=rounds.astype(np.int16))
 
 
-def read_shard(path: str | Path) -> dict[str, np.ndarray]:
+SHARD_KEYS = ("images", "targets", "logits", "rounds")
+
+
+def read_shard(path: str | Path, keys: tuple[str, ...] = SHARD_KEYS) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of one shard (only those are decompressed: leave out "images" to save memory)."""
     try:
         with np.load(path) as d:
-            return {k: d[k] for k in ("images", "targets", "logits", "rounds")}
+            return {k: d[k] for k in keys}
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"shard {str(path)!r} is corrupt or incomplete ({e}); delete it and rerun to "
                         "regenerate it") from None

@@ -98,7 +98,8 @@ def train_stage(cfg: RunConfig, out_dir: Path, device: torch.device, progress: b
     res = train_network(cfg.train, arch, space_cfg, out_dir / "data", out_dir / "train", device=device,
                         test_data=test_ds, progress=progress, teacher=online_teacher, table_path=table_path)
     return {k: res.get(k) for k in ("arch_str", "space", "macs", "params", "train_time_s", "weight_steps", "epochs",
-                                    "label_mode", "final_held_out", "test_top1", "test_set", "test_n")}
+                                    "label_mode", "final_held_out", "test_top1", "test_set", "test_n",
+                                    "online_synthesis", "images_made_online")}
 
 
 def export_stage(cfg: RunConfig, out_dir: Path, device: torch.device, test_ds: Any) -> dict[str, Any]:
@@ -119,9 +120,11 @@ def export_stage(cfg: RunConfig, out_dir: Path, device: torch.device, test_ds: A
 
         trained = read_marker(out_dir, "train")
         label_mode = trained.get("label_mode") or cfg.train.label_mode or "the dataset's"
+        online = trained.get("images_made_online") or 0
+        extras = (", online teacher" if cfg.online_teacher or online else "") + (
+            f", {online:,} images synthesized online into a replay bank" if online else "")
         source = (f"trained from scratch on the synthetic data for {trained.get('epochs') or cfg.train.epochs} "
-                  f"epochs (label mode "
-                  f"{label_mode}{', online teacher' if cfg.online_teacher else ''})")
+                  f"epochs (label mode {label_mode}{extras})")
     else:
         space = resolve_space(space_cfg)
         net = _inherited_network(cfg, out_dir, space, arch, device)

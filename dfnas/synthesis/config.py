@@ -36,7 +36,7 @@ class SynthesisConfig:
     flip: bool = True  # random horizontal flip (p = 0.5) of the forwarded region
     init_std: float = 0.2  # fresh noise: N(0.5, init_std^2), clamped to [0, 1]
     # loss weights; None = the method's own default (SynthesisMethod.loss_defaults: `full` 1 / 0.05 / 10 / 1,
-    # `generator` 0.4 / 10 / 1 / 0), filled in before the config is recorded
+    # `generator` 1 / 10 / 1 / 0), filled in before the config is recorded
     ce_weight: float | None = None
     bn_weight: float | None = None  # BatchNorm feature-statistics matching
     first_bn_multiplier: float | None = None  # the first BN layer sees pixel statistics; weight it up

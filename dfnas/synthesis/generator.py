@@ -38,12 +38,12 @@ class GeneratorConfig:
     warmup_batches: int = 20  # batches used only to train the meta generator before any image is kept
     warmup_steps: int = 10  # steps per warm-up batch
     latent_dim: int = 64
-    width: int = 32  # channels of the last hidden layer (2x that before); cost ~ width^2
+    width: int = 16  # channels of the last hidden layer (2x that before); cost ~ width^2
     lr: float = 0.01  # Adam on the copied generator's weights
     latent_lr: float = 0.05  # Adam on the latents
     meta_lr: float = 0.01  # Adam on the meta generator with the Reptile direction as gradient
     bn_momentum: float = 0.9  # 0: each batch matches the BN statistics alone
-    reset_latent_layer: bool = True  # fresh N(0, 0.02) latent projection per batch: diversity between batches
+    reset_latent_layer: bool = False  # fresh N(0, 0.02) latent projection per batch (Fast-DFKD's reset_l0)
     adv_weight: float = 0.0  # online training only: reward images the student gets wrong
 
     def __post_init__(self) -> None:

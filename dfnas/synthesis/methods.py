@@ -159,9 +159,11 @@ class GeneratorMethod(SynthesisMethod):
     run resumes to the same bytes."""
 
     name = "generator"
-    # a generator shares its weights over the batch: the BN-statistics term dominates (Fast-DFKD's ratio of
-    # BN to cross-entropy, 10 : 0.4), no total-variation prior (the convolutions already make smooth images)
-    loss_defaults = {"ce_weight": 0.4, "bn_weight": 10.0, "first_bn_multiplier": 1.0, "tv_l2_weight": 0.0}
+    # a generator shares its weights over the batch: the BN-statistics term dominates (as in Fast-DFKD, BN 10),
+    # no total-variation prior (the convolutions already make smooth images). Measured on ResNet-20, 5,000
+    # images, 1,000 distillation steps of a C=8 N=1 cell: cross-entropy 1.0 gave 40.7 % real top-1, 0.4
+    # with a per-batch latent-layer reset 28.7 %, 2.0 with the reset 30.7 %
+    loss_defaults = {"ce_weight": 1.0, "bn_weight": 10.0, "first_bn_multiplier": 1.0, "tv_l2_weight": 0.0}
 
     def __init__(self) -> None:
         self.synth: FewStepSynthesizer | None = None
@@ -217,7 +219,10 @@ class GeneratorMethod(SynthesisMethod):
         k = ctx.teacher.num_classes
         z_gen = make_generator(ctx.cfg.seed, "generator", rank, "warmup", device=ctx.device)
         geom = make_generator(ctx.cfg.seed, "generator", rank, "warmup-geometry")
-        for i in range(g.warmup_batches):
+        from tqdm import tqdm
+
+        # progress on a terminal only (disable=None): the images of these batches are not kept
+        for i in tqdm(range(g.warmup_batches), desc="generator warm-up", unit="batch", disable=None, leave=False):
             targets = round0_targets(i * ctx.cfg.batch_size, ctx.cfg.batch_size, k, ctx.device)
             self.synth.make_batch(targets, 1.0, g.warmup_steps, z_gen, geom, where=f"warm-up batch {i}")
 

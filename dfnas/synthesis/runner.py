@@ -157,6 +157,8 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     if existing is not None and existing.get("complete"):
         return out
     method.prepare(cfg, teacher)
+    if rank == 0:
+        _check_resources(cfg, teacher, out, progress)
 
     per_round, shards = cfg.images_per_round(), cfg.shards_per_round()
     done = {(r, s) for r, s, _ in list_shards(out)}
@@ -191,6 +193,40 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     if rank == 0:
         finalize_dataset(out, cfg, manifest, time.perf_counter() - t_start)
     return out
+
+
+def estimate_resources(cfg: SynthesisConfig, teacher: Teacher) -> dict[str, float]:
+    """Disk the dataset needs and the peak memory of one shard (bytes): shards are streamed to disk, so memory
+    does not grow with ``num_images``."""
+    c, k = teacher.spec.in_channels, teacher.num_classes
+    canvas = int(cfg.canvas_size or teacher.spec.input_size)
+    per_image_disk = c * canvas * canvas + 2 * 4 * k + 2  # uint8 canvas, float32 targets + logits, int16 round
+    n_params = sum(p.numel() for p in teacher.parameters()) + sum(b.numel() for b in teacher.buffers())
+    # activations of one forward + backward at the batch size, roughly 8 float32 feature maps per BN layer of
+    # the input size (upper bound for CIFAR-style nets), plus canvases, moments and the teacher itself
+    n_bn = max(1, len(teacher.batchnorms()))
+    s = teacher.spec.input_size
+    act = cfg.batch_size * n_bn * 8 * 16 * s * s * 4
+    return {"disk_bytes": float(cfg.num_images * per_image_disk),
+            "peak_memory_bytes": float(act + 4 * cfg.batch_size * c * canvas * canvas * 4 + 4 * n_params)}
+
+
+def _check_resources(cfg: SynthesisConfig, teacher: Teacher, out: Path, progress: bool) -> None:
+    """Print the estimate before work starts; refuse when the disk cannot hold the dataset."""
+    import shutil
+
+    est = estimate_resources(cfg, teacher)
+    free = shutil.disk_usage(out).free
+    if est["disk_bytes"] > free:
+        raise DfnasError(f"synthesis of {cfg.num_images:,} images needs about {est['disk_bytes'] / 2**20:,.0f} MiB "
+                         f"in {str(out)!r}, which has {free / 2**20:,.0f} MiB free; lower num_images or choose another "
+                         "--out (no shard was written)")
+    if progress:
+        import sys
+
+        print(f"synthesis: {cfg.num_images:,} images ({cfg.method}, {cfg.rounds} round(s), batch {cfg.batch_size}); "
+              f"about {est['disk_bytes'] / 2**20:,.0f} MiB on disk, peak memory about "
+              f"{est['peak_memory_bytes'] / 2**20:,.0f} MiB (shards are streamed to disk)", file=sys.stderr)
 
 
 def _make_shard(method: SynthesisMethod, cfg: SynthesisConfig, teacher: Teacher, device: torch.device, out: Path,
@@ -228,15 +264,24 @@ def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], 
     have = {(r, s): p for r, s, p in list_shards(out)}
     if any((r, s) not in have for r in range(cfg.rounds) for s in range(shards[r])):
         return False  # other ranks are still working; running rank 0 again finalizes
-    parts = [read_shard(have[(r, s)]) for r in range(cfg.rounds) for s in range(shards[r])]
-    images = torch.from_numpy(np.concatenate([p["images"] for p in parts])).permute(0, 3, 1, 2)
+    order = [have[(r, s)] for r in range(cfg.rounds) for s in range(shards[r])]
+    # labels and logits of every shard, images only of the first shards (the sample grid): bounded memory
+    parts = [read_shard(p, ("targets", "logits", "rounds")) for p in order]
     targets = np.concatenate([p["targets"] for p in parts])
     logits = np.concatenate([p["logits"] for p in parts])
     rounds = np.concatenate([p["rounds"] for p in parts])
     labels = torch.from_numpy(targets.argmax(1))
     agree = logits.argmax(1) == targets.argmax(1)
     if cfg.plots:
-        save_sample_grid(images, labels, list(manifest["class_names"]), out / "samples.png", cfg.grid_per_class)
+        k = len(manifest["class_names"])
+        grid_imgs, grid_labels = [], []
+        for p, part in zip(order, parts, strict=True):
+            grid_imgs.append(torch.from_numpy(read_shard(p, ("images",))["images"]).permute(0, 3, 1, 2))
+            grid_labels.append(torch.from_numpy(part["targets"].argmax(1)))
+            if bool((torch.cat(grid_labels).bincount(minlength=k) >= cfg.grid_per_class).all()):
+                break
+        save_sample_grid(torch.cat(grid_imgs), torch.cat(grid_labels), list(manifest["class_names"]),
+                         out / "samples.png", cfg.grid_per_class)
         save_loss_curves(sorted(out.glob("synthesis_log*.jsonl")), out / "loss_curves.png")
     manifest = dict(manifest)
     manifest["complete"] = True
