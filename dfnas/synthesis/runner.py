@@ -148,6 +148,7 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
         "environment": environment_info(), "device": str(device), "world_size": world_size,
     }
     if existing is None and rank == 0:
+        method.prepare(cfg, teacher)  # checks its inputs (e.g. --real) before anything is written
         atomic_write_json(out / MANIFEST, manifest)
     if barrier is not None:  # the other ranks look only once rank 0 has checked/created the directory
         barrier()
@@ -156,7 +157,8 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
         manifest = existing or manifest
     if existing is not None and existing.get("complete"):
         return out
-    method.prepare(cfg, teacher)
+    if not (existing is None and rank == 0):
+        method.prepare(cfg, teacher)
     if rank == 0:
         _check_resources(cfg, teacher, out, progress)
 
@@ -285,9 +287,17 @@ def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], 
         save_loss_curves(sorted(out.glob("synthesis_log*.jsonl")), out / "loss_curves.png")
     manifest = dict(manifest)
     manifest["complete"] = True
+    per_round = [float(agree[rounds == r].mean()) for r in range(cfg.rounds)]
+    notes = []
+    chance = 1.0 / max(1, len(manifest["class_names"]))
+    if cfg.label_mode != "hard" and min(per_round) <= chance:  # baselines' random labels agree by chance only
+        notes.append(f"the teacher agrees with the targets on only {min(per_round):.1%} of a round's images (chance: "
+                     f"{chance:.1%}): the synthesis settings likely failed (check lr and the loss weights)")
+        warnings.warn(f"dataset {str(out)!r}: {notes[-1]}", stacklevel=2)
     manifest["summary"] = {
+        "warnings": notes,
         "images": int(len(labels)),
-        "agreement_per_round": [float(agree[rounds == r].mean()) for r in range(cfg.rounds)],
+        "agreement_per_round": per_round,
         "class_counts": np.bincount(labels.numpy(), minlength=len(manifest["class_names"])).tolist(),
         "seconds_last_invocation": round(seconds, 2),
     }
