@@ -79,3 +79,18 @@ def test_load_rejects_bad_exports(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(DfnasError, match="cannot be read"):
         load_exported(tmp_path)
+
+
+def test_two_exports_of_the_same_network_are_byte_identical(tmp_path):
+    import subprocess
+    import sys
+
+    # separate processes: safetensors orders several metadata keys by a per-process hash seed
+    code = ("import sys, torch; from dfnas.spaces import build_space; from dfnas.export import export_network; "
+            "sp = build_space('nb201', C=4, N=1, num_classes=3, input_size=8); "
+            "a = sp.parse('|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|skip_connect~2|'); "
+            "torch.manual_seed(0); export_network(sp, a, sp.build_network(a), sys.argv[1])")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
+    for f in ("model.safetensors", "arch.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

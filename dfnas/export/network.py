@@ -9,6 +9,7 @@ An export directory is self-describing: ``load_exported`` rebuilds the plain net
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ def export_network(space: Any, arch: Any, model: nn.Module, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state, params = _plain_state(space, arch, model)
-    meta = {"format": FORMAT, "arch": str(arch), "space": space.name}
+    # one metadata key holding sorted JSON: safetensors stores several keys in hash-map order, which changes
+    # from one process to the next, so two exports of the same run would differ byte for byte
+    meta = {"dfnas": json.dumps({"format": FORMAT, "arch": str(arch), "space": space.name}, sort_keys=True)}
     atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=meta))
     atomic_write_json(out / ARCH_FILE, {
         "format": FORMAT,
