@@ -86,8 +86,8 @@ BUDGETS: dict[str, Budget] = {
     # the default run's network and training recipe: batch 128, Nesterov SGD 0.05 cosine, KD at T=4
     "cpu": Budget(1000, 10000, {"C": 8, "N": 1},
                   {"epochs": 100, "batch_size": 128, "lr": 0.05, "lr_min": 0.0, "nesterov": True,
-                   "weight_decay": 5e-4, "temperature": 4.0, "max_steps": 1500}, 250, (0, 1),
-                  "cpu: 1,500 steps of batch 128 on a C=8 N=1 network; 10,000 images (1,000 for the small sets)"),
+                   "weight_decay": 5e-4, "temperature": 4.0, "max_steps": 1000}, 250, (0, 1),
+                  "cpu: 1,000 steps of batch 128 on a C=8 N=1 network; 10,000 images (1,000 for the small sets)"),
 }
 
 
