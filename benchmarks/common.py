@@ -139,6 +139,21 @@ def add_common_args(p: argparse.ArgumentParser, budgets: Sequence[str]) -> None:
     p.add_argument("--summary-only", action="store_true", help="rebuild the summary from finished cells only")
 
 
+def add_training_args(p: argparse.ArgumentParser, variants: Sequence[str], arch_default: str | None,
+                      arch_help: str) -> None:
+    """--arch, --variants and --seeds of the benchmarks that train one network in several variants."""
+    p.add_argument("--arch", default=arch_default, help=f"NAS-Bench-201 cell string (default: {arch_help})")
+    p.add_argument("--variants", default="all", help=f"comma-separated subset of {list(variants)}")
+    p.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the budget's)")
+
+
+def chosen_variants_and_seeds(args: argparse.Namespace, variants: Sequence[str],
+                              budget_seeds: Sequence[int]) -> tuple[list[str], list[int]]:
+    """The variants and seeds a training benchmark runs (its --variants / --seeds, else all / the budget's)."""
+    chosen = parse_subset(args.variants, list(variants), "variants")
+    return chosen, (parse_seeds(args.seeds) if args.seeds else list(budget_seeds))
+
+
 def add_sources_arg(p: argparse.ArgumentParser) -> None:
     """``--sources``: which data sources a grid benchmark runs (read back with ``chosen_sources``)."""
     controls = [k for k in SOURCES if k not in grid_sources()]

@@ -179,14 +179,11 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
-    p.add_argument("--arch", default=None, help="NAS-Bench-201 cell string (default: best found by search_quality)")
-    p.add_argument("--variants", default="all", help=f"comma-separated subset of {list(VARIANTS)}")
-    p.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the budget's)")
+    common.add_training_args(p, list(VARIANTS), None, "best found by search_quality")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]
-    variants = common.parse_subset(args.variants, list(VARIANTS), "variants")
-    seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
+    variants, seeds = common.chosen_variants_and_seeds(args, list(VARIANTS), budget.seeds)
     progress = not args.quiet
 
     from dfnas.spaces.nb201 import NB201Space

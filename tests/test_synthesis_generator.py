@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_synthesis import _all_shards as _shards
+from test_synthesis import _run
 
-from dfnas.data.shards import list_shards, read_manifest, read_shard, read_synthetic
+from dfnas.data.shards import list_shards, read_manifest, read_synthetic
 from dfnas.errors import ConfigError, DataError
-from dfnas.synthesis import make_config, synthesize
+from dfnas.synthesis import make_config
 from dfnas.synthesis.generator import ConditionalGenerator, adversarial_loss
 from dfnas.synthesis.inspect import class_similarity, similarity_spearman
 from dfnas.synthesis.toy import toy_teacher
@@ -25,14 +27,6 @@ def _cfg(*overrides: str):
     return make_config("tiny", ["plots=false", "method=generator", "generator.warmup_batches=2",
                                 "generator.warmup_steps=2", "generator.width=4", "generator.latent_dim=8",
                                 *overrides])
-
-
-def _run(cfg, out: Path, teacher, **kw) -> Path:
-    return synthesize(cfg, out, teacher=teacher, device="cpu", progress=False, **kw)
-
-
-def _shards(out: Path) -> dict[tuple[int, int], dict[str, np.ndarray]]:
-    return {(r, s): read_shard(p) for r, s, p in list_shards(out)}
 
 
 @pytest.fixture(scope="module")
