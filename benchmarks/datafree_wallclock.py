@@ -26,6 +26,7 @@ Writes datafree_wallclock_<budget>.{json,md,png}.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import sys
 import time
@@ -69,7 +70,7 @@ class Budget:
     n_small: int
     n_large: int
     space: dict[str, Any]
-    train: dict[str, Any]  # TrainConfig fields shared by every variant (epochs sized so max_steps binds)
+    train: dict[str, Any]  # TrainConfig fields shared by every variant; epochs follow from max_steps
     eval_every: int
     seeds: tuple[int, ...]
     note: str
@@ -80,12 +81,12 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(40, 40, {"C": 4, "N": 1}, {"epochs": 4, "batch_size": 10, "max_steps": 6,
+    "smoke": Budget(40, 40, {"C": 4, "N": 1}, {"batch_size": 10, "max_steps": 6,
                                               "online": {"batch_size": 10}}, 3, (0,),
                     "smoke: sizes cut down to check the script runs; the numbers mean nothing"),
     # the default run's network and training recipe: batch 128, Nesterov SGD 0.05 cosine, KD at T=4
     "cpu": Budget(1000, 10000, {"C": 8, "N": 1},
-                  {"epochs": 100, "batch_size": 128, "lr": 0.05, "lr_min": 0.0, "nesterov": True,
+                  {"batch_size": 128, "lr": 0.05, "lr_min": 0.0, "nesterov": True,
                    "weight_decay": 5e-4, "temperature": 4.0, "max_steps": 1000}, 250, (0, 1),
                   "cpu: 1,000 steps of batch 128 on a C=8 N=1 network; 10,000 images (1,000 for the small sets)"),
 }
@@ -123,7 +124,10 @@ def run_cell(budget: Budget, arch_str: str, v: str, seed: int, ds: Any, make_s: 
             clock["eval"] += time.perf_counter() - t0
 
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted cell starts over: its clock must be whole
-    cfg = {**budget.train, "seed": seed, "held_out": 0.0, "device": "cpu",
+    # as many epochs as the steps need, so the cosine schedule ends at max_steps whatever the image count
+    steps_per_epoch = max(1, len(ds) // int(budget.train["batch_size"]))
+    epochs = math.ceil(int(budget.train["max_steps"]) / steps_per_epoch)
+    cfg = {**budget.train, "epochs": epochs, "seed": seed, "held_out": 0.0, "device": "cpu",
            "online": {**budget.train.get("online", {}), "enabled": var.online_synthesis}}
     teacher = common.teacher() if var.online_teacher else None
     clock["start"] = time.perf_counter()
