@@ -194,6 +194,15 @@ class FewStepSynthesizer:
         with torch.no_grad():
             return fast(z.detach(), targets).clamp_(0, 1)
 
+    def warm_up(self, batches: int, steps: int, targets_of: Callable[[int], torch.Tensor], z_gen: torch.Generator,
+                geom_gen: torch.Generator, desc: str = "generator warm-up") -> None:
+        """Train the meta generator on ``batches`` batches (targets ``targets_of(i)``) whose images are not kept."""
+        from tqdm import tqdm
+
+        # progress on a terminal only (disable=None)
+        for i in tqdm(range(batches), desc=desc, unit="batch", disable=None, leave=False):
+            self.make_batch(targets_of(i), 1.0, steps, z_gen, geom_gen, where=f"{desc} batch {i}")
+
     def _reptile(self, fast: nn.Module) -> None:
         """Move the meta weights towards the adapted copy: Adam with gradient (meta - fast)."""
         self.meta_opt.zero_grad(set_to_none=True)

@@ -215,16 +215,10 @@ class GeneratorMethod(SynthesisMethod):
         from dfnas.repro import make_generator
 
         assert self.synth is not None
-        g = ctx.cfg.generator
-        k = ctx.teacher.num_classes
-        z_gen = make_generator(ctx.cfg.seed, "generator", rank, "warmup", device=ctx.device)
-        geom = make_generator(ctx.cfg.seed, "generator", rank, "warmup-geometry")
-        from tqdm import tqdm
-
-        # progress on a terminal only (disable=None): the images of these batches are not kept
-        for i in tqdm(range(g.warmup_batches), desc="generator warm-up", unit="batch", disable=None, leave=False):
-            targets = round0_targets(i * ctx.cfg.batch_size, ctx.cfg.batch_size, k, ctx.device)
-            self.synth.make_batch(targets, 1.0, g.warmup_steps, z_gen, geom, where=f"warm-up batch {i}")
+        g, b, k = ctx.cfg.generator, ctx.cfg.batch_size, ctx.teacher.num_classes
+        self.synth.warm_up(g.warmup_batches, g.warmup_steps, lambda i: round0_targets(i * b, b, k, ctx.device),
+                           make_generator(ctx.cfg.seed, "generator", rank, "warmup", device=ctx.device),
+                           make_generator(ctx.cfg.seed, "generator", rank, "warmup-geometry"))
 
     def after_shard(self, out: Path, rank: int, position: int) -> None:
         from dfnas.io import atomic_torch_save
@@ -241,10 +235,7 @@ class GeneratorMethod(SynthesisMethod):
         canvas = self.synth.make_batch(targets, temperature, cfg.generator.steps, ctx.init_gen, ctx.geom_gen,
                                        on_log=ctx.on_log, log_every=cfg.log_every,
                                        where=f"round {job.round_idx} shard {job.shard_idx}")
-        if ctx.on_step is not None:
-            for _ in range(cfg.generator.steps):
-                ctx.on_step()
-        return to_uint8(canvas), targets
+        return to_uint8(canvas), targets  # the runner advances the progress bar by steps_per_shard
 
 
 class _BaselineMethod(SynthesisMethod):

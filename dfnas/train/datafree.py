@@ -114,13 +114,10 @@ class OnlineBank(DataSource):
                 return True
             except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError, ConfigError):
                 pass  # another shape or unreadable: a fresh generator below
-        g = self.scfg.generator
-        z_gen = make_generator(self.seed, "online", "warmup", device=self.device)
-        geom = make_generator(self.seed, "online", "warmup-geometry")
-        for i in range(g.warmup_batches):
-            targets = round0_targets(i * self.cfg.batch_size, self.cfg.batch_size, self.teacher.num_classes,
-                                     self.device)
-            self.synth.make_batch(targets, 1.0, g.warmup_steps, z_gen, geom, where=f"online warm-up batch {i}")
+        g, b, k = self.scfg.generator, self.cfg.batch_size, self.teacher.num_classes
+        self.synth.warm_up(g.warmup_batches, g.warmup_steps, lambda i: round0_targets(i * b, b, k, self.device),
+                           make_generator(self.seed, "online", "warmup", device=self.device),
+                           make_generator(self.seed, "online", "warmup-geometry"), desc="online generator warm-up")
         return False
 
     # -- DataSource ------------------------------------------------------------------------------------
