@@ -218,6 +218,14 @@ class Space(ABC):
                 raise ArchError(f"option {v!r} is not allowed for decision {k!r} of this {self.name!r} space; "
                                 f"expected one of {dec[k]}")
 
+    @classmethod
+    def function_key(cls, arch: Arch) -> str:
+        """A key that two architectures share when they compute the same function, so a search can skip
+        evaluating the second. By default the space's string (no equivalences known); spaces with known
+        isomorphisms (NAS-Bench-201) override it."""
+        cls.validate(arch)
+        return cls.format(arch)
+
     def sample(self, generator: torch.Generator) -> Arch:
         """Uniformly random architecture (each decision independently)."""
         out = {}

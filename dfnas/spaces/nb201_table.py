@@ -18,7 +18,7 @@ import torch
 from dfnas.assets import nb201_table_path
 from dfnas.errors import ArchError, DfnasError
 from dfnas.spaces.base import Arch
-from dfnas.spaces.nb201 import NB201Space
+from dfnas.spaces.nb201 import NB201Space, function_key
 
 NUM_CELLS = 5 ** 6
 _COLUMNS = {
@@ -131,19 +131,34 @@ class NB201Table:
             raise DfnasError(f"unknown NAS-Bench-201 dataset {dataset!r}; expected cifar10, cifar100 or imagenet16")
         return getattr(self, dataset)
 
-    def sample_stratified(self, n: int, generator: torch.Generator, dataset: str = "cifar10") -> list[Arch]:
+    def sample_stratified(self, n: int, generator: torch.Generator, dataset: str = "cifar10",
+                          distinct: bool = True) -> list[Arch]:
         """``n`` distinct cells spread over the accuracy ranking, sorted by increasing accuracy.
 
         The cells are sorted by accuracy and cut into ``n`` equal-count strata; one cell is drawn uniformly
         from each. Every part of the distribution is then represented in proportion to its mass, including
         the long tail of weak cells, as wanted for ranking-correlation benchmarks.
+
+        With ``distinct`` (the default) no two cells compute the same function (``function_key``): a draw
+        equivalent to an earlier pick is replaced by the stratum's cell of a new function nearest to it in
+        the accuracy order. The replacement draws no random number, so the other strata draw what
+        ``distinct=False`` draws and the two samples differ only where the old one repeated a function.
+        ``distinct=False`` is the sampling of results recorded before the key existed.
         """
         if not 1 <= n <= len(self):
             raise DfnasError(f"sample_stratified: n must be in 1..{len(self)}, got {n}")
         order = np.argsort(self.accuracies(dataset), kind="stable")
         edges = (np.arange(n + 1) * len(order)) // n  # integer bounds: every stratum has >= 1 cell
-        picks = []
+        picks: list[int] = []
+        keys: set[str] = set()
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             j = lo + int(torch.randint(hi - lo, (1,), generator=generator))
+            if distinct and function_key(self.arch(int(order[j]))) in keys:
+                fresh = [c for c in range(lo, hi) if function_key(self.arch(int(order[c]))) not in keys]
+                if not fresh:
+                    raise DfnasError(f"sample_stratified: every cell of accuracy stratum {len(picks) + 1} of {n} "
+                                     "computes the same function as an earlier pick; ask for fewer cells")
+                j = min(fresh, key=lambda c: (abs(c - j), c))
             picks.append(int(order[j]))
+            keys.add(function_key(self.arch(int(order[j]))))
         return [self.arch(i) for i in picks]

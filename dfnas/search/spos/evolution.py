@@ -8,6 +8,10 @@ population 50, top-k 10, 20 generations, mutation probability 0.1; the defaults 
 The constraint is enforced where candidates are made: a random, mutated or crossed-over architecture whose
 MACs exceed ``max_macs`` is rejected on the spot and never enters a population, so none is ever scored,
 kept or returned.
+
+Architectures that compute the same function (``Space.function_key``; e.g. NAS-Bench-201 cells differing only
+on edges cut off by ``none``) count as one: a population holds at most one of each, and an architecture
+equivalent to one already scored takes over that score instead of being evaluated again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ class Evolution:
         self.generation = 0
         self.population: list[Arch] = []
         self.scores: dict[Arch, float] = {}  # every candidate scored so far (all valid by construction)
+        self._scored: dict[str, Arch] = {}  # function key -> the one architecture of that function scored
+
+    def key(self, arch: Arch) -> str:
+        """The function key of ``arch``: architectures with equal keys are evaluated once."""
+        return self.space.function_key(arch)
+
+    def score_of(self, arch: Arch) -> float:
+        """The score of ``arch`` or of the equivalent architecture scored in its place."""
+        return self.scores[arch] if arch in self.scores else self.scores[self._scored[self.key(arch)]]
 
     # -- candidate makers: each returns only architectures that satisfy the constraint ----------------------
     def valid(self, arch: Arch) -> bool:
@@ -88,14 +101,15 @@ class Evolution:
         return a if self.valid(a) else None
 
     def _fill(self, pop: list[Arch], n: int, make: Callable[[], Arch | None]) -> None:
-        seen = set(pop)
+        # distinct by function, not by string: two equivalent candidates would spend a slot on one function
+        seen = {self.key(a) for a in pop}
         target = len(pop) + n
         for _ in range(self.cfg.max_tries * max(1, n)):
             if len(pop) >= target:
                 return
             a = make()
-            if a is not None and a not in seen:
-                seen.add(a)
+            if a is not None and (k := self.key(a)) not in seen:
+                seen.add(k)
                 pop.append(a)
 
     def initial_population(self) -> list[Arch]:
@@ -130,13 +144,15 @@ class Evolution:
             self.population = self.initial_population()
         while self.generation < self.cfg.generations:
             for a in self.population:
-                if a not in self.scores:
+                k = self.key(a)
+                if a not in self.scores and k not in self._scored:
                     self.scores[a] = float(score(a))
+                    self._scored[k] = a
             top = self.top()
-            pop_scores = [self.scores[a] for a in self.population]
+            pop_scores = [self.score_of(a) for a in self.population]
             record = {
                 "kind": "generation", "generation": self.generation,
-                "population": [{"arch": str(a), "score": self.scores[a], "macs": self.cost(a)}
+                "population": [{"arch": str(a), "score": self.score_of(a), "macs": self.cost(a)}
                                for a in self.population],
                 "best_arch": str(top[0][0]), "best_score": top[0][1],
                 "mean_score": sum(pop_scores) / len(pop_scores), "top_k": [str(a) for a, _ in top],
@@ -166,4 +182,7 @@ class Evolution:
         self.generation = int(s["generation"])
         self.population = [Arch.of(self.space.name, d) for d in s["population"]]
         self.scores = {Arch.of(self.space.name, d): float(v) for d, v in s["scores"]}
+        self._scored = {}
+        for a in self.scores:  # the first scored of each function represents it (as when it was scored)
+            self._scored.setdefault(self.key(a), a)
         self.generator.set_state(s["generator"])
