@@ -63,3 +63,91 @@ def test_a_dataset_the_disk_cannot_hold_is_refused(tmp_path: Path, teacher, monk
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(DfnasError, match="MiB free"):
         _run(make_config("tiny", ["plots=false"]), tmp_path / "full", teacher)
+
+
+def _bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.npz"))}
+
+
+def test_a_damaged_or_deleted_shard_is_made_again_by_a_rerun(tmp_path: Path, teacher) -> None:
+    cfg = make_config("tiny", ["plots=false"])  # 2 rounds x 2 shards of 4 images
+    out = _run(cfg, tmp_path / "ds", teacher)
+    good = _bytes(out)
+    man = read_manifest(out)
+    assert set(man["shards"]) == set(good)
+    assert all(rec["images"] == 4 and len(rec["sha256"]) == 64 for rec in man["shards"].values())
+
+    (out / "shards" / "r00_s0001.npz").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match=r"1 shard\(s\) are missing or damaged .*r00_s0001"):
+        _run(cfg, out, teacher)
+    assert _bytes(out) == good and read_manifest(out)["complete"]
+
+    (out / "shards" / "r01_s0001.npz").unlink()
+    with pytest.warns(UserWarning, match="r01_s0001.npz is missing"):
+        _run(cfg, out, teacher)
+    assert _bytes(out) == good and read_manifest(out)["complete"]
+
+
+def test_a_remade_shard_unlike_its_record_remakes_the_shards_derived_from_it(tmp_path: Path, teacher,
+                                                                             monkeypatch) -> None:
+    import json
+
+    import dfnas.synthesis.runner as runner
+
+    cfg = make_config("tiny", ["plots=false"])
+    out = _run(cfg, tmp_path / "ds", teacher)
+    good = _bytes(out)
+    written: list[str] = []
+    real_write = runner.write_shard
+
+    def spy(path, *args, **kwargs):
+        written.append(Path(path).name)
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_shard", spy)
+    (out / "shards" / "r00_s0000.npz").unlink()
+    with pytest.warns(UserWarning, match="missing"):
+        _run(cfg, out, teacher)
+    assert written == ["r00_s0000.npz"]  # made again identically: round 1 still derives from it
+    # a record the remade shard does not match (e.g. other hardware): round 1's shard 0 is made again too
+    man = read_manifest(out)
+    man["shards"]["r00_s0000.npz"]["sha256"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(man))
+    written.clear()
+    with pytest.warns(UserWarning, match="damaged"):
+        _run(cfg, out, teacher)
+    assert written == ["r00_s0000.npz", "r01_s0000.npz"]
+    assert _bytes(out) == good
+
+
+def test_a_damaged_generator_shard_is_made_again_from_the_start(tmp_path: Path, teacher) -> None:
+    cfg = make_config("tiny", ["plots=false", "method=generator", "generator.warmup_batches=1",
+                               "generator.warmup_steps=2", "generator.width=4", "generator.latent_dim=8"])
+    out = _run(cfg, tmp_path / "gen", teacher)
+    good = _bytes(out)
+    # the saved generator state is past shard r00_s0001: only a rerun from the start reproduces it
+    (out / "shards" / "r00_s0001.npz").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="made again from the start"):
+        _run(cfg, out, teacher)
+    assert _bytes(out) == good and read_manifest(out)["complete"]
+
+
+def test_readers_refuse_a_dataset_with_fewer_images_than_its_manifest(tmp_path: Path, teacher, capsys) -> None:
+    from dfnas.cli import main
+    from dfnas.data import open_dataset
+
+    out = _run(make_config("tiny", ["plots=false"]), tmp_path / "ds", teacher)
+    (out / "shards" / "r00_s0001.npz").unlink()
+    with pytest.raises(DataError, match="4 of the 16 images its manifest lists are missing"):
+        open_dataset(out)
+    for argv in (["inspect", str(out)],
+                 ["search", "--data", str(out), "--out", str(tmp_path / "s"), "--method", "spos", "--quiet"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "r00_s0001.npz is missing" in err and "rerun the same `dfnas synthesize`" in err, err
+    assert not (tmp_path / "s").exists()
+    # a shard replaced by another valid shard file: caught by the checksum
+    other = out / "shards" / "r00_s0000.npz"
+    (out / "shards" / "r00_s0001.npz").write_bytes(other.read_bytes())
+    with pytest.raises(DataError, match="r00_s0001.npz is damaged"):
+        open_dataset(out)

@@ -91,6 +91,12 @@ class SynthesisMethod:
     def after_shard(self, out: Path, rank: int, position: int) -> None:
         """Called once shard number ``position`` (1-based, in this rank's order) is on disk."""
 
+    def rewind(self, ctx: ShardContext, out: Path, rank: int) -> int:
+        """Return to the state before this rank's first shard and the position it stands for (0). The runner
+        calls it when a shard that the saved state already reflects must be made again (it went missing or
+        was damaged): only the state before that shard reproduces it, and only the start is kept."""
+        return 0
+
     @staticmethod
     def targets_for(job: ShardJob, num_classes: int, device: torch.device, temperature: float
                     ) -> tuple[torch.Tensor, float]:
@@ -184,15 +190,19 @@ class GeneratorMethod(SynthesisMethod):
     def state_path(out: Path, rank: int) -> Path:
         return out / "state" / f"generator_rank{rank}.pt"
 
-    def restore(self, ctx: ShardContext, out: Path, rank: int, config_hash: str) -> int | None:
+    def _new_synthesizer(self, ctx: ShardContext, rank: int) -> FewStepSynthesizer:
+        """The freshly initialized synthesizer of ``rank`` (seeded: the same weights every time)."""
         from dfnas.repro import make_generator
 
         cfg = ctx.cfg
-        self.chash = config_hash
-        self.synth = FewStepSynthesizer(
+        return FewStepSynthesizer(
             ctx.teacher, cfg.generator, loss_weights(cfg), float(cfg.first_bn_multiplier or 0), ctx.canvas_size,
             ctx.input_size, make_generator(cfg.seed, "generator", rank, "init"), jitter=cfg.jitter, flip=cfg.flip,
             per_image_regions=cfg.per_image_regions)
+
+    def restore(self, ctx: ShardContext, out: Path, rank: int, config_hash: str) -> int | None:
+        self.chash = config_hash
+        self.synth = self._new_synthesizer(ctx, rank)
         path = self.state_path(out, rank)
         if path.is_file():
             try:
@@ -206,6 +216,11 @@ class GeneratorMethod(SynthesisMethod):
                                 "delete it to start over")
             self.synth.load_state_dict(st["state"])
             return int(st["position"])
+        return self.rewind(ctx, out, rank)
+
+    def rewind(self, ctx: ShardContext, out: Path, rank: int) -> int:
+        # the warm-up is seeded, so a fresh synthesizer warmed up again is the state before the first shard
+        self.synth = self._new_synthesizer(ctx, rank)
         self._warm_up(ctx, rank)
         self.after_shard(out, rank, 0)
         return 0

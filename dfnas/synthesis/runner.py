@@ -11,6 +11,13 @@ Layout of the output directory (see ``dfnas/data/shards.py`` for the shard forma
 Shard (r, s) draws all its randomness from generators seeded by ``derive_seed(seed, r, s, ...)`` and its
 targets from round r-1's stored logits, so a killed run that is restarted produces exactly the data of an
 uninterrupted run.
+
+A rerun checks every shard on disk against the manifest (count and SHA-256) and makes again the ones that
+are missing or damaged, complete dataset or not. Shard (r+1, s) is derived from shard (r, s): when a
+remade shard differs from the one recorded (or nothing was recorded), the shards derived from it are made
+again too. A method carrying state from shard to shard (``generator``) keeps only its latest state, so a
+damaged shard that state already reflects is made again from the start of that rank (the warm-up is
+seeded, so the good shards come out byte-identical on the same software and hardware).
 """
 
 from __future__ import annotations
@@ -26,7 +33,17 @@ import numpy as np
 import torch
 
 from dfnas.config import to_dict
-from dfnas.data.shards import MANIFEST, list_shards, read_manifest, read_shard, shard_path, write_shard
+from dfnas.data.shards import (
+    MANIFEST,
+    list_shards,
+    load_checked_shard,
+    read_manifest,
+    read_shard,
+    shard_path,
+    shard_problems,
+    shard_record,
+    write_shard,
+)
 from dfnas.errors import ConfigError, DataError, DfnasError
 from dfnas.io import MetricLogger, atomic_write_json, config_hash, ensure_writable_dir, environment_info
 from dfnas.repro import make_generator, resolve_device
@@ -140,6 +157,7 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     resolved["teacher"]["name"] = teacher.spec.name
     chash = dataset_hash(resolved, teacher)
     existing = _prepare_dir(out, chash, overwrite) if rank == 0 else None
+    warned = False  # whether the damaged shards were already named
     manifest: dict[str, Any] = existing or {
         "complete": False, "input_size": teacher.spec.input_size, "canvas_size": cfg.canvas_size,
         "class_names": list(teacher.spec.class_names), "label_mode": cfg.label_mode, "method": cfg.method,
@@ -150,6 +168,15 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     if existing is None and rank == 0:
         method.prepare(cfg, teacher)  # checks its inputs (e.g. --real) before anything is written
         atomic_write_json(out / MANIFEST, manifest)
+    elif existing is not None and existing.get("complete"):
+        # a finished dataset is reused only when every shard still checks out against the manifest
+        damaged = shard_problems(out, existing)
+        if damaged:
+            _warn_repair(out, damaged)
+            warned = True
+            manifest = existing = {k: v for k, v in existing.items() if k != "summary"}
+            manifest["complete"] = False
+            atomic_write_json(out / MANIFEST, manifest)
     if barrier is not None:  # the other ranks look only once rank 0 has checked/created the directory
         barrier()
     if rank != 0:
@@ -170,7 +197,24 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
                                init_gen=make_generator(cfg.seed, "restore", device=device),
                                geom_gen=make_generator(cfg.seed, "restore"))
     position = method.restore(restore_ctx, out, rank, chash)
-    todo = [rs for rs in mine if rs not in done] if position is None else mine[position:]
+    # this rank's shards to make: missing, damaged (checked against the manifest) or not yet reflected by the state
+    redo = shard_problems(out, manifest, [rs for rs in mine if rs in done]) if existing is not None else {}
+    redo.update({rs: "missing" for rs in mine if rs not in done})
+    damaged = {rs: why for rs, why in redo.items() if rs in done}
+    if damaged and not warned:
+        _warn_repair(out, damaged)
+    if position is None:
+        todo = [rs for rs in mine if rs in redo]
+    else:
+        first = next((i for i, rs in enumerate(mine) if rs in redo), len(mine))
+        if first < position:  # the saved state is past a shard that must be made again
+            warnings.warn(f"dataset {str(out)!r}: the {cfg.method!r} method carries state from shard to shard and "
+                          f"keeps only its latest state, so rank {rank}'s {len(mine)} shards are made again from the "
+                          "start (the intact ones come out identical)", stacklevel=2)
+            position = method.rewind(restore_ctx, out, rank)
+        todo = mine[position:]
+    records = dict(manifest.get("shards") or {})  # as recorded before this invocation
+    fresh: set[str] = set()  # shards this invocation wrote
     log_name = "synthesis_log.jsonl" if rank == 0 else f"synthesis_log.rank{rank}.jsonl"
     from tqdm import tqdm
 
@@ -179,13 +223,23 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     try:
         with MetricLogger(out / log_name, tensorboard=False) as logger:
             for r in range(cfg.rounds):
-                todo_r = [s for rr, s in todo if rr == r]
+                todo_r = sorted(s for rr, s in todo if rr == r)
                 if todo_r:
                     parents = None if r == 0 else _parent_targets(out, r - 1, per_round[r - 1],
                                                                   cfg.calibration_temperature)
                     for s in todo_r:
-                        _make_shard(method, cfg, teacher, device, out, r, s, per_round[r], parents, logger, bar)
+                        rec = _make_shard(method, cfg, teacher, device, out, r, s, per_round[r], parents, logger,
+                                          bar)
                         method.after_shard(out, rank, mine.index((r, s)) + 1)
+                        name = shard_path(out, r, s).name
+                        fresh.add(name)
+                        if position is None:
+                            derived = _stale_derived(out, cfg, r, s, records.get(name), rec, todo)
+                            todo += derived
+                            bar.total += len(derived) * method.steps_per_shard(cfg)
+                        if rank == 0:  # only rank 0 writes the manifest; finalize records the other ranks' shards
+                            manifest = {**manifest, "shards": {**(manifest.get("shards") or {}), name: rec}}
+                            atomic_write_json(out / MANIFEST, manifest)
                 if barrier is not None and r < cfg.rounds - 1:
                     barrier()
     finally:
@@ -193,8 +247,27 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     if barrier is not None:
         barrier()
     if rank == 0:
-        finalize_dataset(out, cfg, manifest, time.perf_counter() - t_start)
+        finalize_dataset(out, cfg, manifest, time.perf_counter() - t_start, fresh)
     return out
+
+
+def _warn_repair(out: Path, problems: dict[tuple[int, int], str]) -> None:
+    """Say (as a warning) which shards of ``out`` are made again and why."""
+    shown = "; ".join(problems[rs] for rs in sorted(problems)[:4]) + ("; ..." if len(problems) > 4 else "")
+    warnings.warn(f"dataset {str(out)!r}: {len(problems)} shard(s) are missing or damaged ({shown}); making them "
+                  "again", stacklevel=3)
+
+
+def _stale_derived(out: Path, cfg: SynthesisConfig, r: int, s: int, old: dict[str, Any] | None,
+                   new: dict[str, Any], todo: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Shard (r+1, s) when it is on disk, not already to be made, and derived from a shard (r, s) other than
+    the one just made (the remade shard differs from its record, or nothing was recorded)."""
+    if old is not None and old.get("sha256") == new["sha256"]:
+        return []
+    nxt = (r + 1, s)
+    if r + 1 >= cfg.rounds or s >= cfg.shards_per_round()[r + 1] or nxt in todo:
+        return []
+    return [nxt] if shard_path(out, *nxt).is_file() else []
 
 
 def estimate_resources(cfg: SynthesisConfig, teacher: Teacher) -> dict[str, float]:
@@ -233,8 +306,9 @@ def _check_resources(cfg: SynthesisConfig, teacher: Teacher, out: Path, progress
 
 def _make_shard(method: SynthesisMethod, cfg: SynthesisConfig, teacher: Teacher, device: torch.device, out: Path,
                 r: int, s: int, n_round: int, parents: torch.Tensor | None, logger: MetricLogger,
-                bar: Any) -> None:
-    """Produce and atomically write shard (r, s); nothing is written when anything fails."""
+                bar: Any) -> dict[str, Any]:
+    """Produce and atomically write shard (r, s); nothing is written when anything fails. Returns its manifest
+    record (image count, SHA-256)."""
     t0 = time.perf_counter()
     start = s * cfg.batch_size
     count = min(cfg.batch_size, n_round - start)
@@ -253,22 +327,33 @@ def _make_shard(method: SynthesisMethod, cfg: SynthesisConfig, teacher: Teacher,
     images, targets = method.make_shard(ctx, job)  # (N, C, H, W) uint8, (N, K)
     bar.update(method.steps_per_shard(cfg) - (bar.n - steps_before))
     logits = _teacher_logits(teacher, images, teacher.spec.input_size)
-    write_shard(shard_path(out, r, s), images.permute(0, 2, 3, 1).cpu().numpy(),
+    path = shard_path(out, r, s)
+    write_shard(path, images.permute(0, 2, 3, 1).cpu().numpy(),
                 targets.float().cpu().numpy(), logits.float().cpu().numpy(), np.full(count, r, dtype=np.int16))
     agree = float((logits.argmax(1) == targets.argmax(1)).float().mean())
     logger.log({"event": "shard_done", "round": r, "shard": s, "images": count,
                 "agreement": agree, "seconds": time.perf_counter() - t0})
+    return shard_record(path, count)
 
 
-def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], seconds: float) -> bool:
-    """When every shard exists: pictures, a summary and ``complete=true`` in the manifest. Returns success."""
+def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], seconds: float,
+                     fresh: set[str] | None = None) -> bool:
+    """When every shard exists: pictures, a summary, every shard's record and ``complete=true`` in the
+    manifest. ``fresh``: names of the shards whose record rank 0 has just written. Returns success."""
     shards = cfg.shards_per_round()
     have = {(r, s): p for r, s, p in list_shards(out)}
     if any((r, s) not in have for r in range(cfg.rounds) for s in range(shards[r])):
         return False  # other ranks are still working; running rank 0 again finalizes
     order = [have[(r, s)] for r in range(cfg.rounds) for s in range(shards[r])]
     # labels and logits of every shard, images only of the first shards (the sample grid): bounded memory
-    parts = [read_shard(p, ("targets", "logits", "rounds")) for p in order]
+    per_round_n, records = cfg.images_per_round(), dict(manifest.get("shards") or {})
+    parts = []
+    for r in range(cfg.rounds):
+        for s in range(shards[r]):
+            count, name = min(cfg.batch_size, per_round_n[r] - s * cfg.batch_size), have[(r, s)].name
+            parts.append(load_checked_shard(out, r, s, count, None, ("targets", "logits", "rounds")))
+            if name not in (fresh or set()):  # made by another rank, or checked when this invocation started
+                records[name] = shard_record(have[(r, s)], count)
     targets = np.concatenate([p["targets"] for p in parts])
     logits = np.concatenate([p["logits"] for p in parts])
     rounds = np.concatenate([p["rounds"] for p in parts])
@@ -287,6 +372,7 @@ def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], 
         save_loss_curves(sorted(out.glob("synthesis_log*.jsonl")), out / "loss_curves.png")
     manifest = dict(manifest)
     manifest["complete"] = True
+    manifest["shards"] = dict(sorted(records.items()))
     per_round = [float(agree[rounds == r].mean()) for r in range(cfg.rounds)]
     notes = []
     chance = 1.0 / max(1, len(manifest["class_names"]))
