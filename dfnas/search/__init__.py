@@ -11,6 +11,7 @@ from dfnas.search.loop import LoopConfig, LoopContext, LoopInterrupted, evaluate
 from dfnas.search.losses import Criterion, kd_loss, soft_cross_entropy
 from dfnas.search.proxyless import ProxylessConfig, ProxylessMethod
 from dfnas.search.spos import Evolution, EvolutionConfig, SposConfig, SposMethod
+from dfnas.search.zerocost import ZeroCostConfig, ZeroCostMethod
 
 __all__ = [
     "DEFAULT_EPOCHS", "SEARCH_METHODS", "SPACE_DEFAULTS", "AlphaMethod", "Criterion", "DartsConfig", "DartsMethod",
@@ -18,5 +19,5 @@ __all__ = [
     "EvolutionConfig", "LoopConfig", "LoopContext", "LoopInterrupted", "ProxylessConfig", "ProxylessMethod",
     "SearchConfig", "SearchMethod", "SearchResult", "SposConfig", "SposMethod", "build_method",
     "evaluate_loss_acc", "get_method_cls", "kd_loss", "make_space", "run_search", "run_loop",
-    "soft_cross_entropy",
+    "soft_cross_entropy", "ZeroCostConfig", "ZeroCostMethod",
 ]

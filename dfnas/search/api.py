@@ -40,6 +40,7 @@ from dfnas.search.rundir import (
     with_label_mode,
 )
 from dfnas.search.spos import SposConfig
+from dfnas.search.zerocost import ZeroCostConfig
 from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
 
 # CPU-sized settings per space, used unless the configuration sets them (num_classes / input_size come
@@ -59,7 +60,7 @@ DEFAULT_EPOCHS: dict[str, int] = {"darts": 10, "proxyless": 30, "spos": 80}
 class SearchConfig:
     """Everything a search needs; ``from_dict(SearchConfig, {...})`` rejects unknown keys."""
 
-    method: str = "darts"  # darts | proxyless | spos
+    method: str = "darts"  # darts | proxyless | spos | zerocost (or a proxy name: naswot, synflow ...)
     space: SpaceConfig = field(default_factory=SpaceConfig)  # name + options (see SPACE_DEFAULTS)
     epochs: int | None = None  # None: the method's CPU default (DEFAULT_EPOCHS)
     batch_size: int = 64
@@ -82,6 +83,7 @@ class SearchConfig:
     darts: DartsConfig = field(default_factory=DartsConfig)
     proxyless: ProxylessConfig = field(default_factory=ProxylessConfig)
     spos: SposConfig = field(default_factory=SposConfig)
+    zerocost: ZeroCostConfig = field(default_factory=ZeroCostConfig)  # every training-free method's options
 
     def check(self) -> None:
         cls = get_method_cls(self.method)  # ConfigError listing the methods for an unknown name
@@ -102,8 +104,12 @@ class SearchConfig:
                           checkpoint_every_steps=self.checkpoint_every_steps, log_every_steps=self.log_every_steps,
                           eval_max_batches=self.eval_max_batches, max_steps=self.max_steps)
 
+    def options_field(self) -> str:
+        """The block holding this method's options (the per-proxy methods share ``zerocost``)."""
+        return get_method_cls(self.method).options_field or self.method
+
     def method_options(self) -> Any:
-        return getattr(self, self.method, None)
+        return getattr(self, self.options_field(), None)
 
     def resolved(self, only_active_method: bool = False) -> dict[str, Any]:
         """This config as a plain dict with the method's default epochs filled in (what a run records).
@@ -113,7 +119,7 @@ class SearchConfig:
         """
         d = {**to_dict(self), "epochs": self.resolved_epochs()}
         if only_active_method:
-            d = {k: v for k, v in d.items() if k == self.method or k not in SEARCH_METHODS}
+            d = {k: v for k, v in d.items() if k == self.options_field() or k not in SEARCH_METHODS}
         return d
 
 
@@ -173,9 +179,11 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
     train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
     tch = resolve_teacher(teacher, dev, ds)
     loop_cfg = to_dict(cfg.loop())
+    trains = not get_method_cls(cfg.method).training_free  # a training-free search ignores the loop settings
     identity = {
         "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
-        "space": space.config(), "loop": {k: v for k, v in loop_cfg.items() if k not in CADENCE_KEYS},
+        "space": space.config(),
+        "loop": {k: v for k, v in loop_cfg.items() if k not in CADENCE_KEYS} if trains else None,
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }
@@ -212,9 +220,13 @@ def run_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path, 
     setup = prepare_search(cfg, data, device, teacher)
     cfg, space = setup.cfg, setup.space
     out_dir, h = prepare_run_dir(out, setup.identity, setup.record)
-    outcome = run_loop(setup.build_method(), setup.train, setup.held, cfg.loop(), setup.criterion(), out_dir,
-                       setup.device, h, cfg.seed, progress=progress, on_step=on_step,
-                       desc=f"search[{cfg.method}/{space.name}]")
+    method = setup.build_method()
+    if method.training_free:  # zero-cost proxies: score candidates, no supernet (on_step does not apply)
+        outcome = method.search_without_training(setup, out_dir, h, progress=progress)
+    else:
+        outcome = run_loop(method, setup.train, setup.held, cfg.loop(), setup.criterion(), out_dir,
+                           setup.device, h, cfg.seed, progress=progress, on_step=on_step,
+                           desc=f"search[{cfg.method}/{space.name}]")
     result = finish_search(setup, outcome, out_dir, h, table_path)
     return SearchResult(outcome.arch, space, out_dir, result, outcome.model)
 

@@ -26,7 +26,10 @@ from dfnas.registry import Registry
 from dfnas.spaces.base import Arch, Space
 
 if TYPE_CHECKING:
-    from dfnas.search.loop import LoopContext
+    from pathlib import Path
+
+    from dfnas.search.api import SearchSetup
+    from dfnas.search.loop import LoopContext, LoopOutcome
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images (B, C, S, S) float, supervision)
 
@@ -37,6 +40,8 @@ class SearchMethod:
     name: ClassVar[str] = ""
     config_cls: ClassVar[type | None] = None  # the method's typed options dataclass
     needs_held_out: ClassVar[bool] = False  # True: the method cannot run without a held-out split
+    training_free: ClassVar[bool] = False  # True: no supernet training; run_search calls search_without_training
+    options_field: ClassVar[str | None] = None  # SearchConfig block with the options (None: the method's name)
 
     def __init__(self, space: Space, options: Any, generator: torch.Generator, device: torch.device) -> None:
         self.space = space
@@ -85,6 +90,11 @@ class SearchMethod:
         if arch is None:
             raise NotImplementedError(f"method {self.name!r} must implement finalize")
         return arch
+
+    def search_without_training(self, setup: SearchSetup, out_dir: Path, config_hash: str,
+                                progress: bool = True) -> LoopOutcome:
+        """The whole search of a ``training_free`` method (replaces the training loop), written to ``out_dir``."""
+        raise NotImplementedError(f"method {self.name!r} trains a supernet: run it through run_loop")
 
     # -- persistence ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
