@@ -1,7 +1,9 @@
-"""Export round trip: arch.json + model.safetensors rebuild the same plain network, outputs equal."""
+"""Export round trip: arch.json + model.safetensors rebuild the same plain network, outputs equal; model.onnx
+computes the same outputs in onnxruntime, and its absence (no onnx package) is reported."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -92,5 +94,62 @@ def test_two_exports_of_the_same_network_are_byte_identical(tmp_path):
             "torch.manual_seed(0); export_network(sp, a, sp.build_network(a), sys.argv[1])")
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
-    for f in ("model.safetensors", "arch.json"):
+    files = ["model.safetensors", "arch.json"]
+    if importlib.util.find_spec("onnx") is not None:  # the TorchScript exporter writes the same ONNX bytes too
+        files.append("model.onnx")
+    for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+# every space at 16 px with a handful of channels (as in test_spaces), so each export takes about a second
+TINY = {
+    "nb201": {"C": 4, "N": 1, "input_size": 16},
+    "darts": {"C": 4, "layers": 3, "input_size": 16},
+    "proxyless": {"width_mult": 0.25, "layers_per_stage": [1, 2, 1, 1, 2], "input_size": 16},
+    "spos": {"width_mult": 0.25, "layers": [2, 1, 1, 2], "input_size": 16},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_onnx_matches_pytorch(tmp_path, name):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from dfnas.export import ONNX_OPSET
+    from dfnas.io import sha256_file
+
+    space = build_space(name, **TINY[name])
+    g = torch.Generator().manual_seed(4)
+    arch = space.sample(g)
+    net = space.build_network(arch).eval()
+    _perturb_bn(net, g)
+    export_network(space, arch, net, tmp_path)
+    meta = read_export(tmp_path)["onnx"]
+    assert meta["file"] == "model.onnx" and meta["opset"] == ONNX_OPSET
+    assert meta["sha256"] == sha256_file(tmp_path / "model.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(5, 3, 16, 16, generator=g)  # batch 5: the graph was traced at batch 1, the batch is dynamic
+    (y_onnx,) = sess.run(None, {meta["input"]: x.numpy()})
+    with torch.no_grad():
+        y_torch = load_exported(tmp_path)(x).numpy()
+    assert y_onnx.shape == y_torch.shape == (5, space.num_classes)
+    assert float(abs(y_onnx - y_torch).max()) <= 1e-4
+
+
+def test_export_without_onnx_writes_the_rest_and_says_so(tmp_path, monkeypatch, capsys):
+    import sys
+
+    space = _space()
+    arch = space.sample(torch.Generator().manual_seed(5))
+    net = space.build_network(arch).eval()
+    (tmp_path / "model.onnx").write_bytes(b"from an earlier export")  # stale: must not survive
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    export_network(space, arch, net, tmp_path)
+    assert not (tmp_path / "model.onnx").exists()
+    meta = read_export(tmp_path)
+    assert meta["onnx"]["file"] is None and "pip install" in meta["onnx"]["skipped"]
+    assert "onnx" in meta["onnx"]["skipped"]
+    err = capsys.readouterr().err
+    assert "model.onnx skipped" in err and "dfnas[onnx]" in err
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_exported(tmp_path)(x), net(x))

@@ -97,6 +97,8 @@ def test_tiny_run_killed_mid_search_resumes_and_produces_everything(tmp_path):
     net = load_exported(out / "export")
     found = read_marker(out, "search")["arch"]
     assert read_marker(out, "export")["arch"] == found
+    onnx_meta = read_marker(out, "export")["onnx"]  # model.onnx beside the weights, or why not
+    assert (out / "export" / "model.onnx").is_file() if onnx_meta["file"] else "pip install" in onnx_meta["skipped"]
     space = resolve_space(read_marker(out, "export")["space"])
     ref = space.build_network(space.parse(found))
     ref.load_state_dict(torch.load(out / "train" / "model.pt", weights_only=True))

@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
     p.set_defaults(func=_run)
 
-    p = subparsers.add_parser("export", help="export a found network as arch.json + model.safetensors")
+    p = subparsers.add_parser("export", help="export a found network as arch.json + model.safetensors + model.onnx")
     p.add_argument("--out", required=True, help="export directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", default=None, help="a `dfnas train` or `dfnas run` directory to export from")

@@ -1,16 +1,18 @@
-"""Exported networks: ``arch.json`` (architecture + space settings) and ``model.safetensors`` (weights).
+"""Exported networks: ``arch.json`` (architecture + space settings), ``model.safetensors`` (weights) and
+``model.onnx`` (the same network as an ONNX graph, when the optional ``onnx`` package is installed).
 
 An export directory is self-describing: ``load_exported`` rebuilds the plain network with
 ``space.build_network(arch)`` (no ``Choice`` modules, no supernet) and loads the weights strictly.
 
-    DIR/arch.json          {"format", "arch": Arch.to_json(), "space": Space.config(), "weights", "info"}
+    DIR/arch.json          {"format", "arch": Arch.to_json(), "space": Space.config(), "weights", "onnx", "info"}
     DIR/model.safetensors  the plain network's state dict (float tensors + BN counters)
+    DIR/model.onnx         input "input" (batch, channels, size, size), output "logits"; see ``onnx_file``
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from dfnas.errors import ArchError, DfnasError
+from dfnas.export.onnx_file import ONNX_FILE, write_onnx
 from dfnas.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 FORMAT = "dfnas-export/1"
@@ -50,12 +53,14 @@ def _plain_state(space: Any, arch: Any, model: nn.Module) -> tuple[dict[str, tor
 
 
 def export_network(space: Any, arch: Any, model: nn.Module, out_dir: str | Path,
-                   info: Mapping[str, Any] | None = None) -> Path:
-    """Write ``arch.json`` and ``model.safetensors`` for ``arch`` into ``out_dir``; return ``out_dir``.
+                   info: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Write ``arch.json``, ``model.safetensors`` and ``model.onnx`` for ``arch`` into ``out_dir``; return it.
 
     ``model`` is the trained plain network of ``arch`` or a supernet (its weights for ``arch`` are taken).
     ``info`` (JSON-able) is stored in arch.json, e.g. where the weights came from and their accuracy.
-    The weights are written first and arch.json last, so arch.json marks a complete export.
+    Without the ``onnx`` package the ONNX file is skipped: arch.json's ``onnx`` says why, and ``log``
+    (default: stderr) gets a line saying how to install it. The weights are written first and arch.json
+    last, so arch.json marks a complete export.
     """
     from safetensors.torch import save
 
@@ -67,11 +72,17 @@ def export_network(space: Any, arch: Any, model: nn.Module, out_dir: str | Path,
     # from one process to the next, so two exports of the same run would differ byte for byte
     meta = {"dfnas": json.dumps({"format": FORMAT, "arch": str(arch), "space": space.name}, sort_keys=True)}
     atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=meta))
+    # the ONNX graph is traced from the network load_exported would rebuild, with exactly these weights
+    plain = space.build_network(arch)
+    plain.load_state_dict(state)
+    in_channels = int(getattr(space, "in_channels", 3))  # spaces without the setting take RGB
+    onnx_meta = write_onnx(plain, (in_channels, space.input_size, space.input_size), out / ONNX_FILE, log=log)
     atomic_write_json(out / ARCH_FILE, {
         "format": FORMAT,
         "arch": arch.to_json(),
         "space": space.config(),
         "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(out / WEIGHTS_FILE), "params": params},
+        "onnx": onnx_meta,
         "info": dict(info or {}),
     })
     return out

@@ -103,8 +103,9 @@ def train_stage(cfg: RunConfig, out_dir: Path, device: torch.device, progress: b
 
 
 def export_stage(cfg: RunConfig, out_dir: Path, device: torch.device, test_ds: Any) -> dict[str, Any]:
-    """Write OUT/export (arch.json + model.safetensors), reload it and evaluate the reloaded network."""
-    from dfnas.export import export_network, load_exported
+    """Write OUT/export (arch.json + model.safetensors + model.onnx), reload it and evaluate the reloaded
+    network."""
+    from dfnas.export import export_network, load_exported, read_export
     from dfnas.spaces.flops import space_cost
     from dfnas.train.api import evaluate, resolve_space
 
@@ -136,7 +137,7 @@ def export_stage(cfg: RunConfig, out_dir: Path, device: torch.device, test_ds: A
     reloaded = load_exported(export_dir, device)
     top1 = evaluate(reloaded, test_ds, device) if test_ds is not None else None
     return {"arch": str(arch), "space": space.config(), **space_cost(space, arch), "weights": cfg.export.weights,
-            "weights_source": source, "real_test_top1": top1,
+            "weights_source": source, "real_test_top1": top1, "onnx": read_export(export_dir).get("onnx"),
             "real_test": test_ds.info.get("source") if test_ds is not None else None,
             "real_test_n": len(test_ds) if test_ds is not None else 0}
 

@@ -226,8 +226,12 @@ def build_report(run_dir: str | Path, table_path: str | Path | None = None) -> l
         rows.append(("teacher, real test top-1", f"{_fmt_pct(t_real['top1'])} on {t_real.get('n')} images"))
     doc.table(rows, ("", ""))
     space_cfg = export_meta.get("space") or exp.get("space") or {}
-    doc.p(f"Exported to `export/` (`arch.json` + `model.safetensors`, space settings "
+    onnx_meta = export_meta.get("onnx") or {}
+    onnx_text = (f" + `{onnx_meta['file']}`, ONNX opset {onnx_meta.get('opset')}" if onnx_meta.get("file") else "")
+    doc.p(f"Exported to `export/` (`arch.json` + `model.safetensors`{onnx_text}, space settings "
           f"`{json.dumps(space_cfg, sort_keys=True)}`); input: RGB in [0, 1], no normalization. Load it with:")
+    if onnx_meta.get("skipped"):
+        doc.p(f"No ONNX file: {onnx_meta['skipped']}.")
     doc.code("from dfnas.export import load_exported\nnet = load_exported('export')  # a plain torch.nn.Module",
              "python")
 
