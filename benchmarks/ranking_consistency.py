@@ -19,6 +19,7 @@ ranks architectures.
 
     python benchmarks/ranking_consistency.py --budget smoke
     python benchmarks/ranking_consistency.py --budget cpu [--sources real,full] [--no-spos]
+    python benchmarks/ranking_consistency.py --budget cpu --zerocost   # zero-cost proxies only (minutes)
 
 Resumable: one JSON per (source, cell) and per source for the SPOS evaluation under
 benchmarks/_work/<budget>/ranking_consistency/cells/. Writes ranking_consistency_<budget>.{json,md,png}.
@@ -341,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
     common.add_sources_arg(p)
     p.add_argument("--no-spos", action="store_true", help="skip the SPOS inherited-weight proxy")
+    p.add_argument("--zerocost", action="store_true",
+                   help="run only the training-free rankers (zero-cost proxies, zerocost_ranking.py)")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]
@@ -365,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         gt = table.lookup(a)
         cells.append({"index": i, "arch": str(a), "nb201_index": gt["index"], "nb201_cifar10": gt["cifar10"],
                       "nb201_percentile": gt["percentile"]})
+    if args.zerocost:  # the zero-cost proxies only: no training, their own outputs
+        import zerocost_ranking
+
+        return zerocost_ranking.run(args, budget, archs, cells, sources, work, out, table, split, correlations)
     real_test = common.real_test_set()
 
     def todo_trained(s: str) -> list[int]:

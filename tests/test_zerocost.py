@@ -268,3 +268,32 @@ def test_network_the_proxy_cannot_score():
     with pytest.raises(DfnasError, match="not 'nb201'"):
         score_arch(space, build_space("darts", C=2, layers=3).sample(torch.Generator().manual_seed(0)),
                    ["naswot"], [(torch.zeros(2, 3, 8, 8), torch.zeros(2))], seed=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the benchmark's training-free part (smoke budget)
+# --------------------------------------------------------------------------------------------------------
+
+def test_ranking_benchmark_zerocost_smoke_runs_and_resumes(tmp_path):
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from dfnas.assets import asset_path, nb201_table_path
+
+    if asset_path("cifar10", "jpeg", "train") is None or nb201_table_path() is None:
+        pytest.skip("shared assets (CIFAR-10 JPEG, NAS-Bench-201 table) not found")
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    rc = importlib.import_module("ranking_consistency")
+    args = ["--budget", "smoke", "--zerocost", "--sources", "noise", "--threads", "0", "--quiet",
+            "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out")]
+    assert rc.main(args) == 0
+    summary = json.loads((tmp_path / "out" / "ranking_consistency_zerocost_smoke.json").read_text())
+    assert set(summary["rank"]["noise"]) >= set(proxy_names())
+    assert summary["search"] == {}  # the smoke budget searches on 'full' only
+    cell = tmp_path / "w" / "smoke" / "ranking_consistency" / "cells" / "noise" / "zerocost" / "cell00.json"
+    before = cell.stat().st_mtime_ns
+    assert rc.main(args) == 0  # finished cells are read back, not recomputed
+    assert cell.stat().st_mtime_ns == before
