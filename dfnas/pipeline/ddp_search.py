@@ -193,6 +193,9 @@ def run_search_ddp(cfg: Any, data: Any, out: str | Path, device: torch.device, c
         return run_search(cfg, data, out, device=device, progress=progress, table_path=table_path, teacher=teacher)
     # the same identity as run_search, so a search can be resumed with any number of processes
     setup = prepare_search(cfg, data, device, teacher)
+    if setup.build_method().training_free:  # nothing to split across processes: scoring takes minutes
+        raise DfnasError(f"search method {setup.cfg.method!r} is training-free (zero-cost proxies) and runs in one "
+                         "process: start it without torchrun")
     setup.record["world_size"] = ctx.world_size
     cfg, space = setup.cfg, setup.space
     out_dir = Path(out)
