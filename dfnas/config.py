@@ -138,6 +138,69 @@ def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def describe_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    """``"a.b: old -> new, c: ..."``: the dotted keys whose values differ between two nested configs, sorted,
+    at most ``limit`` of them (then ``...``); used whenever a resume is refused for another configuration."""
+    a, b = flatten_dict(old), flatten_dict(new)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:limit])
+    return shown + (", ..." if len(diff) > limit else "")
+
+
+def _dataclass_in(tp: Any) -> Any:
+    """The dataclass ``tp`` stands for (itself, or the dataclass of an Optional/Union), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def config_keys(cls: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of dataclass ``cls``: sections and the settings inside them."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        sub = _dataclass_in(hints[f.name])
+        if sub is not None:
+            out.extend(config_keys(sub, key + "."))
+    return out
+
+
+def check_override_keys(cls: Any, overrides: list[str], flag: str = "--set",
+                        shown: list[str] | None = None) -> None:
+    """Raise ConfigError naming the ``flag KEY=VALUE`` argument whose key is not a key of dataclass ``cls``
+    (mappings such as space options accept any key below them), with the closest valid keys.
+
+    ``shown``: the arguments as the user wrote them, when ``overrides`` were rewritten (shorthands).
+    """
+    import difflib
+
+    for i, ov in enumerate(overrides):
+        key = ov.split("=", 1)[0].strip()
+        tp: Any = cls
+        for depth, part in enumerate(key.split(".")):
+            dc = _dataclass_in(tp)
+            if dc is None:  # below a mapping or a plain value: from_dict checks what it gets
+                break
+            names = [f.name for f in dataclasses.fields(dc)]
+            if part in names:
+                tp = typing.get_type_hints(dc)[part]
+                continue
+            section = ".".join(key.split(".")[:depth])
+            parts = difflib.get_close_matches(part, names, n=3)
+            near = [f"{section}.{n}" if section else n for n in parts]
+            near += [k for k in difflib.get_close_matches(key, config_keys(cls), n=3) if k not in near]
+            where = f"in section {section!r}" if section else "at the top level"
+            arg = shown[i] if shown is not None else ov
+            raise ConfigError(f"{flag} {arg}: unknown key {part!r} {where}"
+                              + (f" (did you mean {parts[0]!r}?)" if parts else "")
+                              + (f"; close valid keys: {', '.join(near[:4])}" if near else
+                                 f"; valid keys there: {', '.join(sorted(names))}"))
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, returning a new dict."""
     import copy

@@ -136,3 +136,25 @@ def test_stage_markers_record_attempts_and_time(tmp_path):
     assert m["status"] == "done" and m["attempts"] == 2 and m["arch"] == "a"
     assert m["seconds_total"] >= m["seconds"] >= 0
     assert is_done(tmp_path, "search") and not is_done(tmp_path, "train")
+
+
+def test_a_set_typo_names_the_set_argument_and_close_keys(capsys, tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_run_config("tiny", ["search.epoch=3"])
+    msg = str(ei.value)
+    assert msg.startswith("--set search.epoch=3: unknown key 'epoch' in section 'search'")
+    assert "search.epochs" in msg and "preset" not in msg
+    with pytest.raises(ConfigError, match=r"--set search\.spcae\.name=nb201: unknown key 'spcae'.*search\.space"):
+        load_run_config("tiny", ["search.space.C=4", "search.spcae.name=nb201"])
+    from dfnas.cli import main
+
+    for argv, arg, near in (
+            (["synthesize", "--out", str(tmp_path / "d"), "--preset", "tiny", "--set", "stesp=3"], "stesp=3", "steps"),
+            (["search", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--set", "spos.populaton=4"],
+             "spos.populaton=4", "spos.population"),
+            (["train", "--arch", "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "--data", str(tmp_path / "d"),
+              "--out", str(tmp_path / "t"), "--set", "epoch=1"], "epoch=1", "epochs")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--set {arg}: unknown key" in err and near in err and "Traceback" not in err, err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()

@@ -151,3 +151,11 @@ def test_readers_refuse_a_dataset_with_fewer_images_than_its_manifest(tmp_path: 
     (out / "shards" / "r00_s0001.npz").write_bytes(other.read_bytes())
     with pytest.raises(DataError, match="r00_s0001.npz is damaged"):
         open_dataset(out)
+
+
+def test_refusal_of_another_config_names_the_differing_keys(tmp_path: Path, teacher) -> None:
+    out = _run(make_config("tiny", ["plots=false"]), tmp_path / "ds", teacher)
+    with pytest.raises(DfnasError, match=r"different configuration \(num_images: 16 -> 8, steps: 6 -> 7\)"):
+        _run(make_config("tiny", ["plots=false", "steps=7", "num_images=8"]), out, teacher)
+    # settings that only change logs or pictures are not named (nor refused)
+    _run(make_config("tiny", ["plots=false", "log_every=3"]), out, teacher)

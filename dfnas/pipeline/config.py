@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from dfnas.config import apply_overrides, from_dict, load_yaml, to_dict
+from dfnas.config import apply_overrides, check_override_keys, from_dict, load_yaml, to_dict
 from dfnas.errors import ConfigError
 from dfnas.io import config_hash
 from dfnas.search.api import SearchConfig
@@ -172,7 +172,9 @@ def build_run_config(data: dict[str, Any], overrides: list[str] | None = None, w
                      values: dict[str, Any] | None = None) -> RunConfig:
     """RunConfig from a preset mapping, ``KEY=VALUE`` overrides, then ``values`` (dotted key -> value, taken
     as is rather than parsed as YAML: file paths and names from command-line flags)."""
-    merged = apply_overrides(data, _expand_space_shorthand(list(overrides or [])))
+    expanded = _expand_space_shorthand(list(overrides or []))
+    check_override_keys(RunConfig, expanded, shown=list(overrides or []))  # a typo names its --set argument
+    merged = apply_overrides(data, expanded)
     for key, value in (values or {}).items():
         node = merged
         parts = key.split(".")

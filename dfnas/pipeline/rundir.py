@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dfnas.config import flatten_dict, to_dict
+from dfnas.config import describe_differences, to_dict
 from dfnas.errors import DfnasError
 from dfnas.io import atomic_write_json, ensure_writable_dir, environment_info, read_json
 from dfnas.pipeline.config import RunConfig
@@ -39,12 +39,10 @@ def prepare_run_dir(out: str | Path, cfg: RunConfig, write: bool = True) -> Path
             raise DfnasError(f"{str(out_dir)!r} holds another kind of output (its config.json is not a `dfnas run` "
                              "configuration); choose another --out")
         if old.get("config_hash") != h:
-            a, b = flatten_dict(old.get("identity", {})), flatten_dict(cfg.identity())
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
-            raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}"
-                             f"{', ...' if len(diff) > 6 else ''}); rerun with the same preset and --set options "
-                             "to resume it, or choose another --out (nothing was changed)")
+            shown = describe_differences(old.get("identity", {}), cfg.identity())
+            raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}); rerun with "
+                             "the same preset and --set options to resume it, or choose another --out (nothing was "
+                             "changed)")
         return out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise DfnasError(f"output directory {str(out_dir)!r} exists and is not a directory")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dfnas.config import apply_overrides, from_dict, load_yaml
+from dfnas.config import apply_overrides, check_override_keys, from_dict, load_yaml
 from dfnas.errors import DfnasError
 from dfnas.search.api import SearchConfig, SearchResult, run_search
 from dfnas.search.report import parse_arch_string, read_arch_file
@@ -50,6 +50,7 @@ def search_command(out: str | Path, data: str | Path, *, method: str | None = No
             base["space"] = {}  # options of another space do not apply
         base["space"]["name"] = space
     space_ovs, rest = _space_overrides(list(overrides or []), nested=True)
+    check_override_keys(SearchConfig, rest)
     data_cfg = apply_overrides(base, rest)
     if space_ovs:
         data_cfg.setdefault("space", {})
@@ -76,6 +77,7 @@ def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: 
         if val is not None:
             base[key] = val
     space_ovs, rest = _space_overrides(list(overrides or []), nested=False)
+    check_override_keys(TrainConfig, rest)
     space_cfg = apply_overrides(space_cfg, space_ovs)
     cfg = from_dict(TrainConfig, apply_overrides(base, rest), "train")
     return train_network(cfg, a, space_cfg, data, out, test_data=test, progress=progress, teacher=teacher,

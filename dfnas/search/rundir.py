@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfnas.config import flatten_dict
+from dfnas.config import describe_differences
 from dfnas.data.imageset import ImageSet
 from dfnas.errors import DataError, DfnasError
 from dfnas.io import atomic_write_json, config_hash, ensure_writable_dir, environment_info, read_json
@@ -82,12 +82,9 @@ def prepare_run_dir(out: str | Path, identity: dict[str, Any], record: dict[str,
     if cfg_path.exists():
         old = read_json(cfg_path, what="run configuration")
         if old.get("config_hash") != h:
-            a, b = flatten_dict(old.get("identity", {})), flatten_dict(identity)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
-            raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}"
-                             f"{', ...' if len(diff) > 6 else ''}); rerun with the same settings to resume it, "
-                             "or choose another --out")
+            shown = describe_differences(old.get("identity", {}), identity)
+            raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}); rerun with the "
+                             "same settings to resume it, or choose another --out")
         return out_dir, h
     atomic_write_json(cfg_path, {**record, "identity": identity, "config_hash": h, "environment": environment_info()})
     return out_dir, h

@@ -139,6 +139,9 @@ def make_config(preset: str = "default", overrides: list[str] | None = None, **f
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown synthesis preset {preset!r}; expected one of: {', '.join(sorted(PRESETS))}")
+    from dfnas.config import check_override_keys
+
+    check_override_keys(SynthesisConfig, list(overrides or []))  # a typo names its --set argument
     data = apply_overrides(dict(PRESETS[preset]), list(overrides or []))
     teacher_fields = {k: fields.pop(k) for k in ("teacher_name", "weights", "allow_no_batchnorm")
                       if k in fields}

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfnas.config import to_dict
+from dfnas.config import describe_differences, to_dict
 from dfnas.data.shards import (
     MANIFEST,
     list_shards,
@@ -85,11 +85,20 @@ def dataset_hash(resolved: dict[str, Any], teacher: Teacher) -> str:
     return config_hash({"config": cfg, "teacher": ident})
 
 
-def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True) -> dict[str, Any] | None:
+def _shown_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> dict[str, Any]:
+    """The settings a refusal compares: the recorded config and teacher less what never changes the data."""
+    cfg = {k: v for k, v in config.items() if k not in _NOT_HASHED}
+    cfg["teacher"] = {k: v for k, v in (cfg.get("teacher") or {}).items() if k not in _TEACHER_NOT_HASHED}
+    return {**cfg, "teacher_identity": {k: v for k, v in teacher_identity.items() if k != "source"}}
+
+
+def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True,
+                 shown: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Check ``out`` may receive this dataset; return its existing manifest when resuming the same config.
 
     Only the main rank (``main``) replaces an old dataset or insists on an empty directory: other ranks may
-    arrive after it has started writing.
+    arrive after it has started writing. ``shown``: this dataset's ``_shown_identity``, to name the settings
+    in which an existing dataset differs.
     """
     ensure_writable_dir(out, "output directory")
     if (out / MANIFEST).is_file():
@@ -97,9 +106,12 @@ def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True) -> d
         if man.get("config_hash") == chash:
             return man
         if not overwrite or not main:
-            raise DfnasError(f"output directory {str(out)!r} already holds a dataset made with a different config "
-                             f"(config_hash {man.get('config_hash')} != {chash}); use another --out, or pass "
-                             "--overwrite to replace it")
+            old = _shown_identity(man.get("config") or {}, man.get("teacher") or {})
+            diff = describe_differences(old, shown) if shown is not None else ""
+            what = diff or f"config_hash {man.get('config_hash')} != {chash}"
+            raise DfnasError(f"output directory {str(out)!r} already holds a dataset made with a different "
+                             f"configuration ({what}); rerun with the same settings to resume it, use another "
+                             "--out, or pass --overwrite to replace it")
         # explicit --overwrite: remove only the files this stage writes
         for _r, _s, p in list_shards(out):
             p.unlink()
@@ -156,7 +168,8 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     resolved = to_dict(cfg)
     resolved["teacher"]["name"] = teacher.spec.name
     chash = dataset_hash(resolved, teacher)
-    existing = _prepare_dir(out, chash, overwrite) if rank == 0 else None
+    shown = _shown_identity(resolved, teacher.spec.identity())
+    existing = _prepare_dir(out, chash, overwrite, shown=shown) if rank == 0 else None
     warned = False  # whether the damaged shards were already named
     manifest: dict[str, Any] = existing or {
         "complete": False, "input_size": teacher.spec.input_size, "canvas_size": cfg.canvas_size,
@@ -180,7 +193,7 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     if barrier is not None:  # the other ranks look only once rank 0 has checked/created the directory
         barrier()
     if rank != 0:
-        existing = _prepare_dir(out, chash, overwrite, main=False)
+        existing = _prepare_dir(out, chash, overwrite, main=False, shown=shown)
         manifest = existing or manifest
     if existing is not None and existing.get("complete"):
         return out
