@@ -164,7 +164,7 @@ def segmenter():
 def test_a_teacher_that_is_not_an_image_classifier_is_refused(tmp_path, factory, message):
     models = tmp_path / "models.py"
     models.write_text(FACTORIES)
-    cfg = load_run_config("tiny", teacher=f"{models}:{factory}", device="cpu")
+    cfg = load_run_config("tiny", ["teacher.factory_loads_weights=true"], teacher=f"{models}:{factory}", device="cpu")
     with pytest.raises(TeacherError, match=message):
         run_pipeline(cfg, tmp_path / "run", progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "stages"]
@@ -208,6 +208,6 @@ def plain():
 def test_a_teacher_without_batchnorm_names_the_run_setting(tmp_path):
     models = tmp_path / "plain.py"
     models.write_text(FACTORY_NO_BN)
-    cfg = load_run_config("tiny", teacher=f"{models}:plain", device="cpu")
+    cfg = load_run_config("tiny", ["teacher.factory_loads_weights=true"], teacher=f"{models}:plain", device="cpu")
     with pytest.raises(TeacherError, match="teacher.allow_no_batchnorm=true"):
         run_pipeline(cfg, tmp_path / "run", progress=False)

@@ -28,7 +28,8 @@ def test_cli_synthesize_and_inspect_with_a_factory_teacher(tmp_path: Path, capsy
     module.write_text("from dfnas.synthesis.toy import toy_teacher\n\n"
                       "def make():\n    return toy_teacher(num_classes=4, input_size=32, seed=2).model\n")
     out = tmp_path / "ds"
-    args = _parser().parse_args(["synthesize", "--teacher", f"{module}:make", "--out", str(out), "--preset", "tiny",
+    args = _parser().parse_args(["synthesize", "--teacher", f"{module}:make", "--factory-loads-weights", "--out",
+                                 str(out), "--preset", "tiny",
                                  "--set", "steps=2", "--set", "plots=false", "--num-images", "8", "--rounds", "2",
                                  "--seed", "3", "--device", "cpu", "--quiet"])
     assert args.func(args) == 0
@@ -41,7 +42,7 @@ def test_cli_synthesize_and_inspect_with_a_factory_teacher(tmp_path: Path, capsy
     rep = json.loads(capsys.readouterr().out)
     assert rep["metrics"]["images"] == 8 and rep["teacher"] == f"{module}:make"
     args = _parser().parse_args(["synthesize", "--out", str(out), "--method", "noise", "--teacher", f"{module}:make",
-                                 "--preset", "tiny", "--device", "cpu", "--quiet"])
+                                 "--factory-loads-weights", "--preset", "tiny", "--device", "cpu", "--quiet"])
     from dfnas.errors import DfnasError
 
     with pytest.raises(DfnasError, match="different config"):

@@ -100,22 +100,25 @@ def test_mismatched_state_dict(factories: Path, tmp_path: Path) -> None:
 
 
 def test_wrong_class_count_and_non_image_models(factories: Path) -> None:
+    def own(factory: str, num_classes: int | None = None) -> TeacherConfig:  # as if they loaded their own weights
+        return TeacherConfig(name=f"{factories}:{factory}", num_classes=num_classes, factory_loads_weights=True)
+
     with pytest.raises(TeacherError, match="outputs 4 classes but 10 were declared"):
-        load_teacher(TeacherConfig(name=f"{factories}:toy", num_classes=10))
+        load_teacher(own("toy", num_classes=10))
+    with pytest.raises(TeacherError, match="not an image classifier.*declare them with --in-channels"):
+        load_teacher(own("not_image"))
     with pytest.raises(TeacherError, match="not an image classifier"):
-        load_teacher(TeacherConfig(name=f"{factories}:not_image"))
-    with pytest.raises(TeacherError, match="not an image classifier"):
-        load_teacher(TeacherConfig(name=f"{factories}:segmenter"))
+        load_teacher(own("segmenter"))
     with pytest.raises(TeacherError, match="expected a torch.nn.Module"):
-        load_teacher(TeacherConfig(name=f"{factories}:not_module"))
+        load_teacher(own("not_module"))
     with pytest.raises(TeacherError, match="unknown teacher"):
         load_teacher(TeacherConfig(name="resnet9000"))
 
 
 def test_teacher_without_batchnorm_needs_permission(factories: Path) -> None:
     with pytest.raises(TeacherError, match="--allow-no-batchnorm"):
-        load_teacher(TeacherConfig(name=f"{factories}:toy_nobn"))
-    t = load_teacher(TeacherConfig(name=f"{factories}:toy_nobn", allow_no_batchnorm=True))
+        load_teacher(TeacherConfig(name=f"{factories}:toy_nobn", factory_loads_weights=True))
+    t = load_teacher(TeacherConfig(name=f"{factories}:toy_nobn", allow_no_batchnorm=True, factory_loads_weights=True))
     assert t.batchnorms() == []
 
 

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from dfnas._cli.teacher import add_teacher_flags, teacher_settings
+
 
 def _run(args: argparse.Namespace) -> int:
     from dfnas.run import run_command
@@ -17,8 +19,8 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(list_presets()))
         return 0
     out = args.out or str(Path("runs") / Path(args.preset).stem)
-    res = run_command(out, preset=args.preset, overrides=args.set, teacher=args.teacher, weights=args.weights,
-                      device=args.device, table_path=args.nb201_table, progress=not args.quiet)
+    res = run_command(out, preset=args.preset, overrides=args.set + teacher_settings(args), teacher=args.teacher,
+                      weights=args.weights, device=args.device, table_path=args.nb201_table, progress=not args.quiet)
     if res is not None and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 prints
         print(f"architecture: {res.arch}")
         print(f"exported network: {res.export_dir}")
@@ -52,8 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="preset name (default, tiny, nb201-paper, darts-cifar10-paper, ...) or a YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, dotted, e.g. --set search.epochs=3 --set synthesis.steps=100")
-    p.add_argument("--teacher", default=None, help="teacher: a named one, path/to/file.py:factory or TorchScript")
-    p.add_argument("--weights", default=None, help="teacher checkpoint file, or a directory holding it")
+    add_teacher_flags(p)
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the preset's, auto)")
     p.add_argument("--nb201-table", default=None, help="NAS-Bench-201 CSV (default: DFNAS_NB201 / assets)")
     p.add_argument("--list-presets", action="store_true", help="print the bundled preset names and exit")

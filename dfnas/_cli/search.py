@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from dfnas._cli.teacher import add_teacher_flags, teacher_settings
+
+ONLINE_TEACHER_HELP = ("online distillation: teacher name or file (optional; the weights and declared input of the "
+                       "dataset's own teacher are reused when it is the same)")
+
 
 def _search(args: argparse.Namespace) -> int:
     from dfnas.search.commands import search_command
 
     res = search_command(args.out, args.data, method=args.method, space=args.space, epochs=args.epochs,
                          overrides=args.set, config=args.config, seed=args.seed, device=args.device,
-                         teacher=args.teacher, table=args.nb201_table, progress=not args.quiet)
+                         teacher=args.teacher, weights=args.weights, teacher_settings=teacher_settings(args),
+                         table=args.nb201_table, progress=not args.quiet)
     r = res.result
     line = f"{r['method']} on {res.space.name}: {r['arch_str']}  ({r['macs'] / 1e6:.2f} M MACs, " \
            f"{r['params'] / 1e6:.3f} M params, {r['search_time_s']:.0f} s)"
@@ -27,7 +33,8 @@ def _train(args: argparse.Namespace) -> int:
 
     r = train_command(args.out, args.arch, args.data, test=args.test, epochs=args.epochs, overrides=args.set,
                       config=args.config, seed=args.seed, device=args.device, teacher=args.teacher,
-                      table=args.nb201_table, progress=not args.quiet)
+                      weights=args.weights, teacher_settings=teacher_settings(args), table=args.nb201_table,
+                      progress=not args.quiet)
     line = f"trained {r['arch_str']} in {r['train_time_s']:.0f} s"
     if r.get("online_synthesis"):
         line += f" (data-free: {r['images_made_online']:,} images synthesized online into the replay bank)"
@@ -62,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override a SearchConfig key, e.g. --set darts.remedy=beta --set space.C=16 (repeatable)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--teacher", default=None, help="online distillation: teacher name or file (optional)")
+    add_teacher_flags(p, teacher_help=ONLINE_TEACHER_HELP)
     p.add_argument("--nb201-table", default=None, help="NAS-Bench-201 CSV (default: DFNAS_NB201 / assets)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_search)
@@ -78,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override a TrainConfig key or a space setting, e.g. --set lr=0.1 --set space.C=16")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--teacher", default=None, help="online distillation: teacher name or file (optional)")
+    add_teacher_flags(p, teacher_help=ONLINE_TEACHER_HELP)
     p.add_argument("--nb201-table", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from dfnas._cli.teacher import add_teacher_flags, teacher_settings
+
 
 def _synthesize(args: argparse.Namespace) -> int:
     from dfnas.synthesis.commands import synthesize_command
 
-    out = synthesize_command(args.out, preset=args.preset, overrides=args.set + _teacher_declarations(args),
+    out = synthesize_command(args.out, preset=args.preset, overrides=args.set + teacher_settings(args),
                              method=args.method, teacher=args.teacher, weights=args.weights, num_images=args.num_images,
                              rounds=args.rounds, seed=args.seed, device=args.device, real=args.real,
                              allow_no_batchnorm=args.allow_no_batchnorm, overwrite=args.overwrite,
@@ -18,25 +20,19 @@ def _synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _teacher_declarations(args: argparse.Namespace) -> list[str]:
-    """``--input-size 64`` etc. as ``teacher.input_size=64`` overrides of the SynthesisConfig."""
-    pairs = [("input_size", args.input_size), ("in_channels", args.in_channels), ("num_classes", args.num_classes),
-             ("mean", args.mean), ("std", args.std)]
-    return [f"teacher.{k}={v}" for k, v in pairs if v is not None]
-
-
 def _inspect(args: argparse.Namespace) -> int:
     from dfnas.synthesis.commands import inspect_command
 
     print(inspect_command(args.dataset, real=args.real, teacher=args.teacher, weights=args.weights,
-                          device=args.device, as_json=args.json))
+                          device=args.device, as_json=args.json, teacher_settings=teacher_settings(args)))
     return 0
 
 
 def _eval_teacher(args: argparse.Namespace) -> int:
     from dfnas.synthesis.commands import eval_teacher_command
 
-    res = eval_teacher_command(args.data, teacher=args.teacher, weights=args.weights, device=args.device)
+    res = eval_teacher_command(args.data, teacher=args.teacher, weights=args.weights, device=args.device,
+                               teacher_settings=teacher_settings(args))
     print(json.dumps(res, indent=2) if args.json else
           f"{res['teacher']}: top-1 {res['top1']:.2%} on {res['images']} images of {res['data']}")
     return 0
@@ -46,8 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``synthesize``, ``inspect`` and ``eval-teacher`` to the ``dfnas`` command."""
     p = subparsers.add_parser("synthesize", help="synthesize a training set from a teacher (or a baseline)")
     p.add_argument("--out", required=True, help="dataset directory (a killed run resumes when rerun)")
-    p.add_argument("--teacher", default=None, help="named teacher, path/to/file.py:factory or TorchScript file")
-    p.add_argument("--weights", default=None, help="teacher checkpoint file, or a directory holding it")
+    add_teacher_flags(p)
     p.add_argument("--method", default=None, help="full (default) | generator (few-step, fast) | plain | noise | "
                    "real_random | real_teacher (real images, teacher labels)")
     p.add_argument("--preset", default="default", help="default (CPU recipe) | tiny (smoke test)")
@@ -60,12 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--real", default=None, help="real dataset for --method real_random / real_teacher")
     p.add_argument("--allow-no-batchnorm", action="store_true",
                    help="accept a teacher without BatchNorm (the feature-statistics term is then off)")
-    p.add_argument("--input-size", type=int, default=None, help="teacher input size in px (default 32)")
-    p.add_argument("--in-channels", type=int, default=None, help="teacher input channels (default 3)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="declared class count, checked against the teacher's output (default: inferred)")
-    p.add_argument("--mean", default=None, help="per-channel normalization mean, e.g. [0.5,0.5,0.5]")
-    p.add_argument("--std", default=None, help="per-channel normalization std, e.g. [0.5,0.5,0.5]")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset of a different config in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synthesize)
@@ -74,15 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "calibration (entropy, second-class mass, class-similarity Spearman vs --real)")
     p.add_argument("dataset", help="synthesized dataset directory or a real dataset")
     p.add_argument("--real", default=None, help="real dataset to show side by side")
-    p.add_argument("--teacher", default=None, help="teacher (default: the one in the dataset's manifest)")
-    p.add_argument("--weights", default=None)
+    add_teacher_flags(p, teacher_help="teacher (default: the one in the dataset's manifest, with its weights and "
+                      "declared input; given flags override it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_inspect)
 
     p = subparsers.add_parser("eval-teacher", help="top-1 accuracy of a teacher on a real dataset")
-    p.add_argument("--teacher", default="cifar10_resnet20")
-    p.add_argument("--weights", default=None)
+    add_teacher_flags(p, default="cifar10_resnet20")
     p.add_argument("--data", required=True, help=".npz file, CIFAR batch files or ImageFolder tree")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")

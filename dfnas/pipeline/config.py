@@ -107,7 +107,8 @@ class RunConfig:
             for p in parts[:-1]:
                 node = node.get(p, {})
             node.pop(parts[-1], None)
-        for k in ("weights", "download"):  # where the weights live does not change them (sha256 is checked)
+        # where the weights live (or that a factory loads them itself) does not change them (sha256 is checked)
+        for k in ("weights", "download", "factory_loads_weights"):
             d["teacher"].pop(k, None)
         return d
 

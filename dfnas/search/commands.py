@@ -35,11 +35,27 @@ def _space_overrides(overrides: list[str], nested: bool) -> tuple[list[str], lis
     return space, rest
 
 
+def online_teacher(data: str | Path, teacher: str | None, weights: str | None,
+                   settings: list[str] | None) -> Any:
+    """The online teacher the flags ask for (None without any): ``teacher``, ``weights`` and ``settings``
+    (``teacher.KEY=VALUE`` declarations) as given, completed from the manifest of ``data`` when it records the
+    same teacher (its weights, SHA-256 checked, and declared input). Loaded on the CPU; the run moves it."""
+    if teacher is None and weights is None and not settings:
+        return None
+    from dfnas.teachers.recorded import teacher_for_dataset
+
+    return teacher_for_dataset(data, teacher, weights, settings)
+
+
 def search_command(out: str | Path, data: str | Path, *, method: str | None = None, space: str | None = None,
                    epochs: int | None = None, overrides: list[str] | None = None, config: str | Path | None = None,
                    seed: int | None = None, device: str | None = None, teacher: str | None = None,
-                   table: str | Path | None = None, progress: bool = True) -> SearchResult:
-    """``dfnas search``: config file < flags < ``--set`` overrides, then ``run_search``."""
+                   table: str | Path | None = None, progress: bool = True, weights: str | None = None,
+                   teacher_settings: list[str] | None = None) -> SearchResult:
+    """``dfnas search``: config file < flags < ``--set`` overrides, then ``run_search``.
+
+    ``teacher`` (online distillation) is completed from the dataset's manifest; see ``online_teacher``.
+    """
     base: dict[str, Any] = load_yaml(config) if config else {}
     for key, val in (("method", method), ("epochs", epochs), ("seed", seed), ("device", device)):
         if val is not None:
@@ -56,13 +72,15 @@ def search_command(out: str | Path, data: str | Path, *, method: str | None = No
         data_cfg.setdefault("space", {})
         data_cfg["space"]["options"] = apply_overrides(data_cfg["space"].get("options", {}) or {}, space_ovs)
     cfg = from_dict(SearchConfig, data_cfg, "search")
-    return run_search(cfg, data, out, device=None, progress=progress, table_path=table, teacher=teacher)
+    tch = online_teacher(data, teacher, weights, teacher_settings)
+    return run_search(cfg, data, out, device=None, progress=progress, table_path=table, teacher=tch)
 
 
 def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: str | Path | None = None,
                   epochs: int | None = None, overrides: list[str] | None = None, config: str | Path | None = None,
                   seed: int | None = None, device: str | None = None, teacher: str | None = None,
-                  table: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                  table: str | Path | None = None, progress: bool = True, weights: str | None = None,
+                  teacher_settings: list[str] | None = None) -> dict[str, Any]:
     """``dfnas train``: the arch file's space settings (``--set space.C=16`` overrides them) and a TrainConfig."""
     from dfnas.train import TrainConfig, train_network
 
@@ -80,7 +98,8 @@ def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: 
     check_override_keys(TrainConfig, rest)
     space_cfg = apply_overrides(space_cfg, space_ovs)
     cfg = from_dict(TrainConfig, apply_overrides(base, rest), "train")
-    return train_network(cfg, a, space_cfg, data, out, test_data=test, progress=progress, teacher=teacher,
+    tch = online_teacher(data, teacher, weights, teacher_settings)
+    return train_network(cfg, a, space_cfg, data, out, test_data=test, progress=progress, teacher=tch,
                          table_path=table)
 
 

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dfnas.errors import DataError
 from dfnas.synthesis.config import make_config
 from dfnas.synthesis.inspect import evaluate_teacher, format_report, inspect_dataset
 from dfnas.synthesis.runner import synthesize
-from dfnas.teachers.loader import TeacherConfig
+from dfnas.teachers.loader import teacher_config
 
 
 def synthesize_command(out: str | Path, *, preset: str = "default", overrides: list[str] | None = None,
@@ -37,23 +38,30 @@ def synthesize_command(out: str | Path, *, preset: str = "default", overrides: l
 
 
 def inspect_command(dataset: str | Path, real: str | Path | None = None, teacher: str | None = None,
-                    weights: str | None = None, device: str = "auto", as_json: bool = False) -> str:
-    """Inspect ``dataset`` (optionally beside ``real``) and return the printable table (or JSON)."""
+                    weights: str | None = None, device: str = "auto", as_json: bool = False,
+                    teacher_settings: list[str] | None = None) -> str:
+    """Inspect ``dataset`` (optionally beside ``real``) and return the printable table (or JSON).
+
+    The teacher is the one in the dataset's manifest (its weights, SHA-256 checked, and declared input) unless
+    ``teacher``/``weights``/``teacher_settings`` (``teacher.KEY=VALUE`` declarations) say otherwise.
+    """
     from dfnas.repro import resolve_device
+    from dfnas.teachers.recorded import teacher_for_dataset
 
-    tcfg: TeacherConfig | None = TeacherConfig(name=teacher, weights=weights) if teacher else None
-    if tcfg is None and weights:
-        from dfnas.data.shards import read_manifest
-
-        tcfg = TeacherConfig(name=read_manifest(dataset)["teacher"]["name"], weights=weights)
-    report = inspect_dataset(dataset, tcfg, real, device=resolve_device(device))
+    dev = resolve_device(device)
+    tch = teacher_for_dataset(dataset, teacher, weights, teacher_settings, dev)
+    if tch is None:
+        raise DataError(f"{str(dataset)!r} names no teacher (not a synthesized dataset); pass --teacher")
+    report = inspect_dataset(dataset, tch, real, device=dev)
     return json.dumps(report, indent=2) if as_json else format_report(report)
 
 
 def eval_teacher_command(data: str | Path, teacher: str = "cifar10_resnet20", weights: str | None = None,
-                         device: str = "auto", allow_no_batchnorm: bool = True) -> dict[str, Any]:
-    """Top-1 of a teacher on a real dataset (BatchNorm is not needed for evaluation, so it is not required)."""
+                         device: str = "auto", allow_no_batchnorm: bool = True,
+                         teacher_settings: list[str] | None = None) -> dict[str, Any]:
+    """Top-1 of a teacher on a real dataset (BatchNorm is not needed for evaluation, so it is not required);
+    ``teacher_settings`` are ``teacher.KEY=VALUE`` declarations (input size, channels, mean/std, ...)."""
     from dfnas.repro import resolve_device
 
-    tcfg = TeacherConfig(name=teacher, weights=weights, allow_no_batchnorm=allow_no_batchnorm)
+    tcfg = teacher_config(teacher, weights, teacher_settings, allow_no_batchnorm=allow_no_batchnorm)
     return evaluate_teacher(tcfg, data, device=resolve_device(device))

@@ -7,7 +7,9 @@ Every loss term is switched by its weight (0 = off), so each ablation is one ``-
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,7 @@ from dfnas.config import apply_overrides, from_dict
 from dfnas.errors import ConfigError
 from dfnas.synthesis.generator import GeneratorConfig
 from dfnas.teachers.loader import TeacherConfig
+from dfnas.teachers.teacher import Teacher
 
 
 @dataclass
@@ -121,6 +124,20 @@ class SynthesisConfig:
             raise ConfigError(f"synthesis config: jitter ({self.jitter}) must be smaller than the input size "
                               f"({input_size})")
         return c
+
+
+def without_unusable_bn_term(cfg: SynthesisConfig, teacher: Teacher, stacklevel: int = 2) -> SynthesisConfig:
+    """``cfg``, or a copy with ``bn_weight=0`` and a warning when ``teacher`` cannot give the BatchNorm term.
+
+    The documented fallback for a teacher without BatchNorm layers and for a TorchScript teacher (its
+    BatchNorm layers are found, but forward hooks cannot read their inputs).
+    """
+    why = teacher.bn_term_unavailable()
+    if not cfg.bn_weight or why is None:
+        return cfg
+    warnings.warn(f"teacher {teacher.spec.name!r} {why}: the feature-statistics term is off (bn_weight=0)",
+                  stacklevel=stacklevel + 1)
+    return dataclasses.replace(cfg, bn_weight=0.0)
 
 
 # Presets are plain override dicts on top of the dataclass defaults, so `--set` composes with them.

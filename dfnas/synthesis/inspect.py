@@ -50,7 +50,9 @@ class _BNMoments:
     """Accumulates per-channel sums of each BatchNorm's input over a whole dataset (several batches)."""
 
     def __init__(self, teacher: Teacher) -> None:
-        self.bns = teacher.batchnorms()
+        # hooks cannot read a TorchScript model's BatchNorm inputs: its distance is not measurable (NaN)
+        self.measurable = not any(isinstance(m, torch.jit.ScriptModule) for m in teacher.batchnorms())
+        self.bns = teacher.batchnorms() if self.measurable else []
         self.count = [0] * len(self.bns)
         self.s1: list[torch.Tensor | None] = [None] * len(self.bns)
         self.s2: list[torch.Tensor | None] = [None] * len(self.bns)
@@ -71,7 +73,10 @@ class _BNMoments:
         return hook
 
     def distance(self) -> float:
-        """Sum over layers of ||mean - running_mean||_2 + ||var - running_var||_2 (dataset statistics)."""
+        """Sum over layers of ||mean - running_mean||_2 + ||var - running_var||_2 (dataset statistics); NaN
+        for a TorchScript teacher."""
+        if not self.measurable:
+            return math.nan
         total = 0.0
         for i, bn in enumerate(self.bns):
             s1, s2 = self.s1[i], self.s2[i]
@@ -169,14 +174,18 @@ def inspect_dataset(path: str | Path, teacher: Teacher | TeacherConfig | str | N
                     batch_size: int = 250) -> dict[str, Any]:
     """Metrics of the dataset at ``path`` (and of the real dataset ``real``, side by side when given).
 
-    ``teacher`` defaults to the teacher named in a synthetic dataset's manifest.
+    ``teacher`` defaults to the teacher recorded in a synthetic dataset's manifest (its weights, SHA-256
+    checked, and declared input; see ``teacher_for_dataset``).
     """
     ds = open_dataset(path)
-    if teacher is None or isinstance(teacher, (str, TeacherConfig)):
-        name = teacher if teacher is not None else ds.info.get("teacher", {}).get("name")
-        if not name:
+    if teacher is None:
+        from dfnas.teachers.recorded import teacher_for_dataset
+
+        teacher = teacher_for_dataset(path, device=device)
+        if teacher is None:
             raise DataError(f"{str(path)!r} names no teacher (not a synthesized dataset); pass --teacher")
-        teacher = load_teacher(name, device)
+    elif isinstance(teacher, (str, TeacherConfig)):
+        teacher = load_teacher(teacher, device)
     real_metrics, reference = None, None
     if real is not None:
         real_metrics = dataset_metrics(open_dataset(real), teacher, batch_size)

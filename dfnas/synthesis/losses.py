@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfnas.errors import TeacherError
 from dfnas.teachers.teacher import Teacher
 
 
@@ -87,6 +88,10 @@ class BNStatsLoss:
         return hook
 
     def __enter__(self) -> BNStatsLoss:
+        if any(isinstance(bn, torch.jit.ScriptModule) for bn in self.bns):
+            # a scripted module refuses forward hooks and a traced one never calls them
+            raise TeacherError("the teacher is a TorchScript model: forward hooks cannot observe the inputs of its "
+                               "BatchNorm layers, so the feature-statistics term cannot be computed (set bn_weight=0)")
         for i, bn in enumerate(self.bns):
             if bn.running_mean is None or bn.running_var is None:
                 raise ValueError(f"BatchNorm layer {i} tracks no running statistics; the feature-statistics "

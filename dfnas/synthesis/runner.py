@@ -47,7 +47,7 @@ from dfnas.data.shards import (
 from dfnas.errors import ConfigError, DataError, DfnasError
 from dfnas.io import MetricLogger, atomic_write_json, config_hash, ensure_writable_dir, environment_info
 from dfnas.repro import make_generator, resolve_device
-from dfnas.synthesis.config import SynthesisConfig
+from dfnas.synthesis.config import SynthesisConfig, without_unusable_bn_term
 from dfnas.synthesis.methods import SYNTHESIS_METHODS, ShardContext, ShardJob, SynthesisMethod
 from dfnas.synthesis.optimize import StepRecord, centre_crop
 from dfnas.synthesis.plots import save_loss_curves, save_sample_grid
@@ -57,7 +57,7 @@ from dfnas.teachers.teacher import Teacher
 OUTPUT_FILES = ("samples.png", "loss_curves.png")
 # settings that change only logs or pictures, never the data: left out of the config hash
 _NOT_HASHED = ("log_every", "grid_per_class", "plots")
-_TEACHER_NOT_HASHED = ("weights", "download")
+_TEACHER_NOT_HASHED = ("weights", "download", "factory_loads_weights")
 
 
 def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMethod) -> SynthesisConfig:
@@ -65,10 +65,7 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
     input_size = teacher.spec.input_size
     cfg = method.with_loss_defaults(method.resolve(cfg, input_size))
     assert cfg.bn_weight is not None
-    if cfg.bn_weight > 0 and not teacher.batchnorms():
-        warnings.warn(f"teacher {teacher.spec.name!r} has no BatchNorm layers: the feature-statistics term is "
-                      "off (bn_weight=0)", stacklevel=3)
-        cfg = dataclasses.replace(cfg, bn_weight=0.0)
+    cfg = without_unusable_bn_term(cfg, teacher, stacklevel=3)
     label_mode = method.label_mode if cfg.label_mode == "auto" else cfg.label_mode
     return dataclasses.replace(cfg, canvas_size=cfg.resolved_canvas(input_size), label_mode=label_mode)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dfnas.config import apply_overrides, from_dict
 from dfnas.errors import TeacherError
 from dfnas.io import sha256_file
 from dfnas.teachers.hub import (
@@ -34,6 +35,27 @@ class TeacherConfig:
     std: list[float] | None = None
     download: bool = True
     allow_no_batchnorm: bool = False  # run with the feature term off when the teacher has no BN layer
+    # a file.py:factory that returns a trained model by itself (it loads its own checkpoint): no weights needed;
+    # without it a factory teacher needs ``weights``, so an untrained net is never taken for the teacher
+    factory_loads_weights: bool = False
+
+
+def teacher_config(name: str, weights: str | None = None, settings: list[str] | None = None,
+                   **fields: object) -> TeacherConfig:
+    """A TeacherConfig from a teacher reference, a weights path and ``teacher.KEY=VALUE`` declarations.
+
+    ``settings`` are the ``--input-size/--in-channels/--num-classes/--mean/--std/--factory-loads-weights``
+    flags in the form ``synthesize`` and ``run`` receive them as overrides; ``fields`` are defaults they override.
+    """
+    data = apply_overrides({"teacher": {**fields, "name": name, "weights": weights}}, list(settings or []))
+    if set(data) != {"teacher"}:
+        raise TeacherError(f"teacher settings must be teacher.KEY=VALUE, got {settings}")
+    return from_dict(TeacherConfig, data["teacher"], where="teacher")
+
+
+def is_factory_reference(ref: str) -> bool:
+    """Whether a teacher reference is a ``path/to/file.py:factory``."""
+    return ":" in ref and ref.rpartition(":")[0].endswith(".py")
 
 
 def _import_factory(ref: str) -> nn.Module:
@@ -66,7 +88,8 @@ def _probe(model: nn.Module, channels: int, size: int, name: str) -> int:
             y = model(x)
     except Exception as e:  # any failure means it is not a classifier of (channels, size, size) images
         raise TeacherError(f"teacher {name!r} is not an image classifier of {channels}x{size}x{size} inputs: "
-                           f"forward failed with {type(e).__name__}: {e}") from None
+                           f"forward failed with {type(e).__name__}: {e}; if it takes other inputs, declare them "
+                           "with --in-channels and --input-size (and its normalization with --mean/--std)") from None
     if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != 2 or y.shape[1] < 2:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise TeacherError(f"teacher {name!r} is not an image classifier: expected logits of shape (batch, "
@@ -95,25 +118,29 @@ def load_teacher(cfg: TeacherConfig | str = "cifar10_resnet20", device: torch.de
         path = resolve_checkpoint(name, cfg.weights, download=cfg.download)
         model = named.factory(named.num_classes)
         load_into(model, load_state_dict_file(path), str(path))
-        source, sha = str(path), sha256_file(path)
+        source, sha = str(path.resolve()), sha256_file(path)  # absolute: found again from any directory
         if not sha.startswith(named.hash_prefix):
             raise TeacherError(f"teacher checkpoint {str(path)!r} has SHA-256 {sha[:8]}..., expected prefix "
                                f"{named.hash_prefix} for {name}; the file is corrupt or a different model")
         class_names = list(CIFAR10_CLASSES)
-    elif ":" in name and name.rpartition(":")[0].endswith(".py"):
+    elif is_factory_reference(name):
         model = _import_factory(name)
         if cfg.weights:
             load_into(model, load_state_dict_file(Path(cfg.weights)), cfg.weights)
-            source, sha = cfg.weights, sha256_file(cfg.weights)
-        else:
+            source, sha = str(Path(cfg.weights).resolve()), sha256_file(cfg.weights)
+        elif cfg.factory_loads_weights:
             source = name
+        else:
+            raise TeacherError(f"teacher {name!r} is a model factory but no weights were given, so it would be an "
+                               "untrained net: pass --weights CKPT (a state dict of the model it builds), or "
+                               "--factory-loads-weights if the factory returns a trained model by itself")
     elif Path(name).is_file():
         try:
             model = torch.jit.load(name, map_location="cpu")
         except Exception as e:  # torch.jit raises RuntimeError/ValueError variants on bad files
             raise TeacherError(f"teacher file {name!r} is not a TorchScript model ({type(e).__name__}: {e}); for "
                                "a state dict use --teacher file.py:factory --weights CKPT") from None
-        source, sha = name, sha256_file(name)
+        source, sha = str(Path(name).resolve()), sha256_file(name)
     else:
         raise TeacherError(f"unknown teacher {name!r}; expected one of {TEACHERS.names()}, a "
                            "path/to/file.py:factory, or a TorchScript file")

@@ -10,6 +10,17 @@ from torch import nn
 
 from dfnas.errors import TeacherError
 
+# class names TorchScript keeps (``original_name``) for the BatchNorm layers of a scripted or traced model
+_BATCHNORM_NAMES = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"})
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm layer, also inside a TorchScript model (scripted, traced or loaded),
+    whose submodules are ``RecursiveScriptModule``s that only remember their original class name."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return True
+    return isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") in _BATCHNORM_NAMES
+
 
 @dataclass
 class TeacherSpec:
@@ -78,9 +89,22 @@ class Teacher(nn.Module):
         z = self.normalize(x)
         return f(z) if callable(f) else self.model(z)
 
-    def batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
-        """BatchNorm layers in forward order (module registration order)."""
-        return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    def batchnorms(self) -> list[nn.Module]:
+        """BatchNorm layers in forward order (module registration order), TorchScript ones included."""
+        return [m for m in self.model.modules() if is_batchnorm(m)]
+
+    def bn_term_unavailable(self) -> str | None:
+        """Why the BatchNorm feature-statistics term cannot be computed for this teacher (None when it can).
+
+        The term reads each BatchNorm layer's input with a forward hook; TorchScript modules refuse hooks
+        (scripted) or never call them (traced), so their layers are found but cannot be observed.
+        """
+        bns = self.batchnorms()
+        if not bns:
+            return "has no BatchNorm layers"
+        if any(isinstance(m, torch.jit.ScriptModule) for m in bns):
+            return "is a TorchScript model (forward hooks cannot observe the inputs of its BatchNorm layers)"
+        return None
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

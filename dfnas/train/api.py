@@ -108,17 +108,15 @@ def resolve_space(space_cfg: Space | SpaceConfig | Mapping[str, Any], ds: ImageS
 
 
 def manifest_teacher(ds: ImageSet, device: torch.device) -> Any:
-    """The teacher recorded in a synthetic dataset's manifest (name, weights, declared input), loaded."""
-    from dfnas.config import from_dict
-    from dfnas.data.shards import read_manifest
-    from dfnas.teachers import load_teacher
-    from dfnas.teachers.loader import TeacherConfig
+    """The teacher recorded in a synthetic dataset's manifest (reference, weights with their SHA-256 checked,
+    declared input and normalization), loaded."""
+    from dfnas.teachers.recorded import teacher_for_dataset
 
     src = ds.info.get("source")
-    if not src or not (Path(src) / "manifest.json").is_file():
+    teacher = teacher_for_dataset(src, device=device) if src else None
+    if teacher is None:
         raise ConfigError("online synthesis needs the teacher: pass --teacher (the dataset has no manifest naming it)")
-    tcfg = dict(read_manifest(src).get("config", {}).get("teacher") or {})
-    return load_teacher(from_dict(TeacherConfig, tcfg, where=f"teacher in the manifest of {src}"), device)
+    return teacher
 
 
 def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: Space | SpaceConfig | Mapping[str, Any],

@@ -25,7 +25,7 @@ from dfnas.data.imageset import ImageSet
 from dfnas.errors import ConfigError, DataError
 from dfnas.repro import make_generator
 from dfnas.search.loop import DataSource, LoopContext
-from dfnas.synthesis.config import SynthesisConfig
+from dfnas.synthesis.config import SynthesisConfig, without_unusable_bn_term
 from dfnas.synthesis.generator import FewStepSynthesizer
 from dfnas.synthesis.methods import SYNTHESIS_METHODS, loss_weights, round0_targets
 from dfnas.synthesis.optimize import centre_crop, to_uint8
@@ -88,7 +88,7 @@ class OnlineBank(DataSource):
         if teacher.num_classes != ds.num_classes:
             raise DataError(f"teacher has {teacher.num_classes} classes but the dataset {ds.num_classes}")
         self.cfg, self.seed, self.device, self.teacher = cfg, seed, device, teacher
-        self.scfg = synthesis_config_of(ds)
+        self.scfg = without_unusable_bn_term(synthesis_config_of(ds), teacher)  # e.g. a TorchScript teacher
         gcfg = dataclasses.replace(self.scfg.generator, adv_weight=cfg.adv_weight)
         fbm = float(self.scfg.first_bn_multiplier or 0)
         self.synth = FewStepSynthesizer(teacher, gcfg, loss_weights(self.scfg), fbm,
