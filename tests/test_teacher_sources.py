@@ -113,6 +113,7 @@ def test_commands_on_a_dataset_use_its_teacher_from_any_directory(models: Path, 
     assert main(["synthesize", "--teacher", f"{models}:build", "--weights", "ckpt.pt", "--out", str(ds), *TINY]) == 0
     man = read_manifest(ds)
     assert man["teacher"]["source"] == str(made / "ckpt.pt") and man["teacher"]["sha256"] == sha256_file(ckpt)
+    assert man["config"]["teacher"]["weights"] == str(made / "ckpt.pt")
     monkeypatch.chdir(elsewhere)
     rep = _inspect(ds, capsys)  # the dataset's own teacher, with its weights
     assert rep["teacher"] == f"{models}:build"

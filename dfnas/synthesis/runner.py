@@ -164,6 +164,8 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     cfg = resolve_config(cfg, teacher, method)
     resolved = to_dict(cfg)
     resolved["teacher"]["name"] = teacher.spec.name
+    if resolved["teacher"].get("weights"):  # absolute: a later command finds it from any working directory
+        resolved["teacher"]["weights"] = str(Path(resolved["teacher"]["weights"]).resolve())
     chash = dataset_hash(resolved, teacher)
     shown = _shown_identity(resolved, teacher.spec.identity())
     existing = _prepare_dir(out, chash, overwrite, shown=shown) if rank == 0 else None
