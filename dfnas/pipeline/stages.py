@@ -61,20 +61,30 @@ def _dataset_metrics(data_dir: Path, teacher: Any) -> dict[str, Any] | None:
 def search_stage(cfg: RunConfig, data_dir: Path, search_dir: Path, device: torch.device, ctx: D.DistContext,
                  progress: bool, table_path: str | Path | None, online_teacher: Any) -> dict[str, Any]:
     """Search on the synthetic set (DistributedDataParallel supernet training under torchrun)."""
+    data = _run_dataset(data_dir, search_dir.parent)
     if ctx.enabled:
         from dfnas.pipeline.ddp_search import run_search_ddp
 
-        res = run_search_ddp(cfg.search, data_dir, search_dir, device, ctx, progress=progress and ctx.is_main,
+        res = run_search_ddp(cfg.search, data, search_dir, device, ctx, progress=progress and ctx.is_main,
                              table_path=table_path, teacher=online_teacher)
     else:
         from dfnas.search import run_search
 
-        res = run_search(cfg.search, data_dir, search_dir, device=device, progress=progress, table_path=table_path,
+        res = run_search(cfg.search, data, search_dir, device=device, progress=progress, table_path=table_path,
                          teacher=online_teacher)
     r = res.result
     return {"arch": str(res.arch), "method": cfg.search.method, "space": res.space.config(),
             "macs": r.get("macs"), "params": r.get("params"), "search_time_s": r.get("search_time_s"),
             "nb201": r.get("nb201"), "nb201_note": r.get("nb201_note"), "world_size": ctx.world_size}
+
+
+def _run_dataset(data_dir: Path, run_dir: Path) -> Any:
+    """The run's synthetic set, its path recorded relative to the run directory (``data``): the search and
+    training identities, and their hashes, stay the same however ``--out`` is spelled or wherever it moves."""
+    from dfnas.data import read_synthetic
+    from dfnas.search.rundir import within_run
+
+    return within_run(read_synthetic(data_dir), run_dir)
 
 
 def _found_arch(out_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -95,8 +105,9 @@ def train_stage(cfg: RunConfig, out_dir: Path, device: torch.device, progress: b
 
     arch, space_cfg = _found_arch(out_dir)
     space_cfg.update(cfg.export.space)
-    res = train_network(cfg.train, arch, space_cfg, out_dir / "data", out_dir / "train", device=device,
-                        test_data=test_ds, progress=progress, teacher=online_teacher, table_path=table_path)
+    res = train_network(cfg.train, arch, space_cfg, _run_dataset(out_dir / "data", out_dir), out_dir / "train",
+                        device=device, test_data=test_ds, progress=progress, teacher=online_teacher,
+                        table_path=table_path)
     return {k: res.get(k) for k in ("arch_str", "space", "macs", "params", "train_time_s", "weight_steps", "epochs",
                                     "label_mode", "final_held_out", "test_top1", "test_set", "test_n",
                                     "online_synthesis", "images_made_online")}

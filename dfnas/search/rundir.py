@@ -32,14 +32,31 @@ def fingerprint(ds: ImageSet) -> str:
 
 
 def dataset_info(ds: ImageSet) -> dict[str, Any]:
-    """What a run records about its dataset, including the teacher that labelled synthetic data."""
+    """What a run records about its dataset, including the teacher that labelled synthetic data.
+
+    The source is the path as given, or ``info["recorded_source"]`` when set (see ``within_run``).
+    """
     return {
-        "source": ds.info.get("source"), "kind": ds.info.get("kind"), "n": len(ds),
+        "source": ds.info.get("recorded_source", ds.info.get("source")), "kind": ds.info.get("kind"), "n": len(ds),
         "num_classes": ds.num_classes, "input_size": ds.input_size, "image_shape": list(ds.images.shape[1:]),
         "label_mode": ds.label_mode, "teacher": ds.info.get("teacher"),
         "dataset_config_hash": ds.info.get("config_hash"),
         "fingerprint": fingerprint(ds),
     }
+
+
+def within_run(ds: ImageSet, run_dir: str | Path) -> ImageSet:
+    """``ds`` recording its source relative to ``run_dir`` when it lies inside it (e.g. ``data`` for the
+    dataset of a ``dfnas run`` directory), so that the identity of a search or training run on it, and its
+    hash, do not depend on how the run directory was spelled or where it has been moved."""
+    src = ds.info.get("source")
+    if not src:
+        return ds
+    try:
+        rel = Path(src).resolve().relative_to(Path(run_dir).resolve())
+    except ValueError:  # outside the run directory: recorded as given
+        return ds
+    return dataclasses.replace(ds, info={**ds.info, "recorded_source": rel.as_posix()})
 
 
 def with_label_mode(ds: ImageSet, label_mode: str | None) -> ImageSet:
@@ -81,6 +98,8 @@ def prepare_run_dir(out: str | Path, identity: dict[str, Any], record: dict[str,
     cfg_path = out_dir / "config.json"
     if cfg_path.exists():
         old = read_json(cfg_path, what="run configuration")
+        if old.get("config_hash") != h and _same_data_elsewhere(old.get("identity", {}), identity):
+            return out_dir, str(old["config_hash"])  # the recorded hash: its checkpoints stay valid
         if old.get("config_hash") != h:
             shown = describe_differences(old.get("identity", {}), identity)
             raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}); rerun with the "
@@ -88,6 +107,21 @@ def prepare_run_dir(out: str | Path, identity: dict[str, Any], record: dict[str,
         return out_dir, h
     atomic_write_json(cfg_path, {**record, "identity": identity, "config_hash": h, "environment": environment_info()})
     return out_dir, h
+
+
+def _same_data_elsewhere(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two identities differ only in the dataset's path: its fingerprint (a hash of the images, targets
+    and logits) is the same, so the data is too (a run started before paths inside a run directory were
+    recorded relative to it, or data given by another path)."""
+    if not isinstance(old.get("dataset"), dict) or not isinstance(new.get("dataset"), dict):
+        return False
+    if not old["dataset"].get("fingerprint") or old["dataset"].get("fingerprint") != new["dataset"].get("fingerprint"):
+        return False
+
+    def sourceless(ident: dict[str, Any]) -> dict[str, Any]:
+        return {**ident, "dataset": {**ident["dataset"], "source": None}}
+
+    return sourceless(old) == sourceless(new)
 
 
 def json_default_free(obj: Any) -> Any:
