@@ -15,7 +15,7 @@ import torch
 
 from dfnas.assets import asset_path
 from dfnas.cli import main
-from dfnas.errors import TeacherError
+from dfnas.errors import DfnasError, TeacherError
 from dfnas.export import load_exported
 from dfnas.export.commands import export_command
 from dfnas.io import read_jsonl
@@ -211,3 +211,39 @@ def test_a_teacher_without_batchnorm_names_the_run_setting(tmp_path):
     cfg = load_run_config("tiny", ["teacher.factory_loads_weights=true"], teacher=f"{models}:plain", device="cpu")
     with pytest.raises(TeacherError, match="teacher.allow_no_batchnorm=true"):
         run_pipeline(cfg, tmp_path / "run", progress=False)
+
+
+@needs_teacher
+def test_a_run_resumes_however_its_directory_is_spelled_or_wherever_it_moved(tmp_path, monkeypatch):
+    from dfnas.io import read_json
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config("tiny", ["report.real_test=null"], device="cpu")
+    run_pipeline(cfg, "runR", progress=False, stop_after="search")
+    search_cfg = read_json(tmp_path / "runR" / "search" / "config.json")
+    assert search_cfg["identity"]["dataset"]["source"] == "data"  # relative to the run directory
+    # the search stage is redone into its existing directory, the run now spelled as an absolute path
+    (tmp_path / "runR" / "stages" / "search.json").unlink()
+    run_pipeline(cfg, tmp_path / "runR", progress=False, stop_after="search")
+    assert read_marker(tmp_path / "runR", "search")["status"] == "done"
+    # moved elsewhere, then resumed (search redone again, then training): same hashes throughout
+    (tmp_path / "moved").mkdir()
+    shutil.move(tmp_path / "runR", tmp_path / "moved" / "runS")
+    (tmp_path / "moved" / "runS" / "stages" / "search.json").unlink()
+    run_pipeline(cfg, "moved/runS", progress=False, stop_after="train")
+    assert read_json(tmp_path / "moved" / "runS" / "search" / "config.json")["config_hash"] == search_cfg["config_hash"]
+    train_cfg = read_json(tmp_path / "moved" / "runS" / "train" / "config.json")
+    assert train_cfg["identity"]["dataset"]["source"] == "data"
+
+
+def test_a_search_dir_recorded_with_another_path_to_the_same_data_resumes(tmp_path):
+    from dfnas.search.rundir import prepare_run_dir
+
+    ident = {"kind": "search", "seed": 0, "dataset": {"source": "runR/data", "fingerprint": "abc", "n": 8}}
+    out, h = prepare_run_dir(tmp_path / "s", ident, {})
+    # the same data (fingerprint) under another path: resumed under the recorded hash
+    moved = {**ident, "dataset": {**ident["dataset"], "source": "data"}}
+    assert prepare_run_dir(tmp_path / "s", moved, {}) == (out, h)
+    other = {**ident, "dataset": {**ident["dataset"], "source": "data", "fingerprint": "abd"}}
+    with pytest.raises(DfnasError, match="dataset.fingerprint: 'abc' -> 'abd', dataset.source: 'runR/data' -> 'data'"):
+        prepare_run_dir(tmp_path / "s", other, {})
