@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dfnas.errors import DataError
 from dfnas.synthesis.config import make_config
 from dfnas.synthesis.inspect import evaluate_teacher, format_report, inspect_dataset
 from dfnas.synthesis.runner import synthesize
@@ -46,13 +45,9 @@ def inspect_command(dataset: str | Path, real: str | Path | None = None, teacher
     ``teacher``/``weights``/``teacher_settings`` (``teacher.KEY=VALUE`` declarations) say otherwise.
     """
     from dfnas.repro import resolve_device
-    from dfnas.teachers.recorded import teacher_for_dataset
 
-    dev = resolve_device(device)
-    tch = teacher_for_dataset(dataset, teacher, weights, teacher_settings, dev)
-    if tch is None:
-        raise DataError(f"{str(dataset)!r} names no teacher (not a synthesized dataset); pass --teacher")
-    report = inspect_dataset(dataset, tch, real, device=dev)
+    report = inspect_dataset(dataset, teacher, real, device=resolve_device(device), weights=weights,
+                             teacher_settings=teacher_settings)
     return json.dumps(report, indent=2) if as_json else format_report(report)
 
 

@@ -171,20 +171,23 @@ def dataset_metrics(ds: ImageSet, teacher: Teacher, batch_size: int = 250,
 
 def inspect_dataset(path: str | Path, teacher: Teacher | TeacherConfig | str | None = None,
                     real: str | Path | None = None, device: str | torch.device = "cpu",
-                    batch_size: int = 250) -> dict[str, Any]:
+                    batch_size: int = 250, weights: str | None = None,
+                    teacher_settings: list[str] | None = None) -> dict[str, Any]:
     """Metrics of the dataset at ``path`` (and of the real dataset ``real``, side by side when given).
 
-    ``teacher`` defaults to the teacher recorded in a synthetic dataset's manifest (its weights, SHA-256
-    checked, and declared input; see ``teacher_for_dataset``).
+    ``teacher`` (a reference, with ``weights`` and ``teacher_settings`` -- ``teacher.KEY=VALUE`` declarations --
+    when given) is completed from a synthetic dataset's manifest, and defaults to the teacher recorded there
+    (its weights, SHA-256 checked, and declared input; see ``teacher_for_dataset``).
     """
-    ds = open_dataset(path)
-    if teacher is None:
+    ds = open_dataset(path)  # a damaged dataset is reported before any teacher is loaded
+    if teacher is None or isinstance(teacher, str):
         from dfnas.teachers.recorded import teacher_for_dataset
 
-        teacher = teacher_for_dataset(path, device=device)
-        if teacher is None:
+        found = teacher_for_dataset(path, teacher, weights, teacher_settings, device)
+        if found is None:
             raise DataError(f"{str(path)!r} names no teacher (not a synthesized dataset); pass --teacher")
-    elif isinstance(teacher, (str, TeacherConfig)):
+        teacher = found
+    elif isinstance(teacher, TeacherConfig):
         teacher = load_teacher(teacher, device)
     real_metrics, reference = None, None
     if real is not None:
