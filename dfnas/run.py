@@ -150,6 +150,10 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: bool = True, table_p
     if done("teacher"):
         return None
 
+    # the search space must take the teacher's images: refused now, not after the synthesis has run
+    if not is_done(out_dir, "search"):
+        _check_spaces(cfg, teacher())
+
     # 2. synthesis: every rank makes its shards; barrier between rounds
     data_dir = out_dir / "data"
     if not is_done(out_dir, "synthesis"):
@@ -212,6 +216,21 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: bool = True, table_p
     log(f"done: report at {out_dir / 'report' / 'report.md'}")
     return RunResult(out_dir, str(export_info.get("arch", "")), out_dir / "export",
                      out_dir / "report" / "report.md", export_info)
+
+
+def _check_spaces(cfg: RunConfig, teacher: Any) -> None:
+    """ArchError unless the search space (and the export's, when it resizes the network) builds networks
+    that run on the teacher's images (channels, input size, classes)."""
+    from dfnas.search.api import make_space
+    from dfnas.spaces.base import SpaceConfig
+
+    spec = teacher.spec
+    dims = {"num_classes": teacher.num_classes, "input_size": spec.input_size, "in_channels": spec.in_channels}
+    spaces = [cfg.search.space]
+    if cfg.export.weights == "distill" and cfg.export.space:
+        spaces.append(SpaceConfig(cfg.search.space.name, {**cfg.search.space.options, **cfg.export.space}))
+    for sc in spaces:
+        make_space(sc, **dims).check_input()
 
 
 def _online_synthesis(cfg: RunConfig) -> bool:

@@ -56,6 +56,11 @@ class ImageSet:
         return int(self.targets.shape[1])
 
     @property
+    def in_channels(self) -> int:
+        """Image channels (3 for RGB, 1 for grayscale)."""
+        return int(self.images.shape[1])
+
+    @property
     def hard_labels(self) -> torch.Tensor:
         return self.targets.argmax(1)
 
@@ -74,8 +79,12 @@ class ImageSet:
         perm = torch.randperm(n, generator=generator)
         return self.subset(perm[k:]), self.subset(perm[:k])
 
-    def check_compatible(self, num_classes: int, input_size: int, what: str = "dataset") -> None:
-        """Raise DataError unless this set has ``num_classes`` classes and ``input_size`` inputs."""
+    def check_compatible(self, num_classes: int, input_size: int, what: str = "dataset",
+                         in_channels: int | None = None) -> None:
+        """Raise DataError unless this set has ``num_classes`` classes, ``input_size`` inputs and (when given)
+        ``in_channels`` channels."""
+        if in_channels is not None and self.in_channels != in_channels:
+            raise DataError(f"{what} has {self.in_channels}-channel images but the network takes {in_channels}")
         if self.num_classes != num_classes:
             raise DataError(f"{what} has {self.num_classes} classes but {num_classes} are expected")
         if self.input_size != input_size:

@@ -132,13 +132,18 @@ class SearchResult:
     model: nn.Module | None = None  # the trained supernet (weights for the found arch: subnet_state_dict)
 
 
-def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = None) -> Space:
-    """Build the space: CPU defaults < configured options; class count and input size from ``ds`` if unset."""
+def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = None, *,
+               num_classes: int | None = None, input_size: int | None = None, in_channels: int | None = None
+               ) -> Space:
+    """Build the space: CPU defaults < configured options; class count, input size and image channels from
+    ``ds`` (or, without a dataset, from the keywords, e.g. the teacher's) where the options leave them unset."""
     sc = space_cfg if isinstance(space_cfg, SpaceConfig) else from_dict(SpaceConfig, dict(space_cfg), "space")
     opts = {**SPACE_DEFAULTS.get(sc.name, {}), **sc.options}
     if ds is not None:
-        opts.setdefault("num_classes", ds.num_classes)
-        opts.setdefault("input_size", ds.input_size)
+        num_classes, input_size, in_channels = ds.num_classes, ds.input_size, ds.in_channels
+    for key, value in (("num_classes", num_classes), ("input_size", input_size), ("in_channels", in_channels)):
+        if value is not None:
+            opts.setdefault(key, value)
     return build_space(sc.name, **opts)
 
 
@@ -175,7 +180,9 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
     ds = data if isinstance(data, ImageSet) else open_dataset(data)
     ds = with_label_mode(ds, cfg.label_mode)
     space = make_space(cfg.space, ds)
-    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip())
+    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip(),
+                        in_channels=space.in_channels)
+    space.check_input()  # ArchError now rather than a shape error inside the first step
     train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
     tch = resolve_teacher(teacher, dev, ds)
     loop_cfg = to_dict(cfg.loop())

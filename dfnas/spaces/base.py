@@ -165,11 +165,15 @@ class Space(ABC):
 
     name: str = ""
 
-    def __init__(self, num_classes: int = 10, input_size: int = 32, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int = 10, input_size: int = 32, in_channels: int = 3, **kwargs: Any) -> None:
         self.num_classes = num_classes
         self.input_size = input_size
+        self.in_channels = in_channels
         if kwargs:
             raise ArchError(f"space {self.name!r}: unknown option(s) {sorted(kwargs)}")
+        if in_channels < 1 or input_size < 1 or num_classes < 2:
+            raise ArchError(f"space {self.name!r} needs in_channels >= 1, input_size >= 1 and num_classes >= 2, got "
+                            f"in_channels={in_channels}, input_size={input_size}, num_classes={num_classes}")
 
     @classmethod
     @abstractmethod
@@ -247,8 +251,29 @@ class Space(ABC):
         """A plain network for ``arch`` (no Choice modules), module paths matching the supernet's."""
 
     def config(self) -> dict[str, Any]:
-        """Space settings needed to rebuild the same networks (saved with exported architectures)."""
-        return {"name": self.name, "num_classes": self.num_classes, "input_size": self.input_size}
+        """Space settings needed to rebuild the same networks (saved with exported architectures).
+
+        ``in_channels`` appears only when it is not 3, so that the configs (and the run hashes built on them)
+        of the RGB spaces stay what they were before the setting existed.
+        """
+        cfg: dict[str, Any] = {"name": self.name, "num_classes": self.num_classes, "input_size": self.input_size}
+        if self.in_channels != 3:
+            cfg["in_channels"] = self.in_channels
+        return cfg
+
+    def check_input(self) -> None:
+        """Raise ArchError unless a network of this space runs on (in_channels, input_size) images: one
+        sampled network's forward pass on two blank images, so a misfit is found before any work starts."""
+        net = self.build_network(self.sample(torch.Generator().manual_seed(0))).eval()
+        try:
+            with torch.no_grad():
+                out = net(torch.zeros(2, self.in_channels, self.input_size, self.input_size))
+        except RuntimeError as e:
+            raise ArchError(f"space {self.name!r} ({self.config()}) cannot take {self.in_channels}-channel "
+                            f"{self.input_size} px images: {str(e).splitlines()[0]}") from None
+        if tuple(out.shape) != (2, self.num_classes):
+            raise ArchError(f"space {self.name!r} gives outputs of shape {tuple(out.shape)} for "
+                            f"{self.input_size} px images, expected (2, {self.num_classes})")
 
 
 class ChainSpace(Space):

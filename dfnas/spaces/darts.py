@@ -164,12 +164,14 @@ class Cell(nn.Module):
 
 
 class DartsNet(Supernet):
-    """Stem -> cells -> GAP -> linear: (B, 3, H, W) -> (B, num_classes). Supernet or plain by ``make_edge``."""
+    """Stem -> cells -> GAP -> linear: (B, in_channels, H, W) -> (B, num_classes). Supernet or plain by
+    ``make_edge``."""
 
-    def __init__(self, make_edge: EdgeFactory, C: int, layers: int, num_classes: int, affine: bool = True) -> None:
+    def __init__(self, make_edge: EdgeFactory, C: int, layers: int, num_classes: int, affine: bool = True,
+                 in_channels: int = 3) -> None:
         super().__init__()
-        c_stem = 3 * C
-        self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
+        c_stem = 3 * C  # the DARTS stem multiplier (not the image channels)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
         c_pp, c_p, c = c_stem, c_stem, C
         cells: list[nn.Module] = []
         reduction_prev = False
@@ -255,8 +257,8 @@ class DartsSpace(Space):
     name = "darts"
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, layers: int = 5,
-                 pool_bn: bool = True, affine: bool = True) -> None:
-        super().__init__(num_classes, input_size)
+                 pool_bn: bool = True, affine: bool = True, in_channels: int = 3) -> None:
+        super().__init__(num_classes, input_size, in_channels)
         if C < 1 or layers < 3:
             raise ArchError(f"darts space needs C >= 1 and layers >= 3 (two reduction cells), got C={C}, "
                             f"layers={layers}")
@@ -349,7 +351,7 @@ class DartsSpace(Space):
             return Choice(decision_key(t, j, i),
                           {op: make_op(op, c, stride, self.pool_bn, self.affine) for op in PRIMITIVES})
 
-        return DartsNet(make_edge, self.C, self.layers, self.num_classes, self.affine)
+        return DartsNet(make_edge, self.C, self.layers, self.num_classes, self.affine, self.in_channels)
 
     def build_network(self, arch: Arch) -> DartsNet:
         self.check(arch)
@@ -359,7 +361,7 @@ class DartsSpace(Space):
             op = d[decision_key(t, j, i)]
             return None if op == "none" else make_op(op, c, stride, self.pool_bn, self.affine)
 
-        return DartsNet(make_edge, self.C, self.layers, self.num_classes, self.affine)
+        return DartsNet(make_edge, self.C, self.layers, self.num_classes, self.affine, self.in_channels)
 
     def config(self) -> dict:
         return {**super().config(), "C": self.C, "layers": self.layers, "pool_bn": self.pool_bn,

@@ -90,7 +90,7 @@ def count_params(model: nn.Module) -> int:
 def space_cost(space: Space, arch: Arch) -> dict[str, int]:
     """``{"macs", "flops", "params"}`` of the plain network of ``arch`` (flops = 2 * macs, strict sense)."""
     net = space.build_network(arch)
-    macs = count_macs(net, space.input_size)
+    macs = count_macs(net, space.input_size, space.in_channels)
     return {"macs": macs, "flops": 2 * macs, "params": count_params(net)}
 
 
@@ -115,7 +115,7 @@ def cost_tables(space: Space) -> tuple[int, dict[str, torch.Tensor]]:
     # (the input of a Choice does not depend on which options run, only on its shape, which is fixed)
     keys = {c.key: len(c.options) for _, c in prefixes}
     supernet.set_weights({k: torch.ones(n) for k, n in keys.items()})
-    counts = _per_module_macs(supernet, space.input_size, 3)
+    counts = _per_module_macs(supernet, space.input_size, space.in_channels)
     costs = {k: torch.zeros(n, dtype=torch.float64) for k, n in keys.items()}
     base = 0
     for name, macs in counts.items():

@@ -82,11 +82,11 @@ class Cell(nn.Module):
 
 
 class NB201Net(Supernet):
-    """Stem -> [N cells, ResBlock] x 2 -> N cells -> BN-ReLU-GAP-linear. (B, 3, H, W) -> (B, classes)."""
+    """Stem -> [N cells, ResBlock] x 2 -> N cells -> BN-ReLU-GAP-linear. (B, in_channels, H, W) -> (B, classes)."""
 
-    def __init__(self, make_edge, C: int, N: int, num_classes: int) -> None:
+    def __init__(self, make_edge, C: int, N: int, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
         layers: list[nn.Module] = []
         c = C
         for stage in range(3):
@@ -110,8 +110,9 @@ class NB201Space(Space):
 
     name = "nb201"
 
-    def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, N: int = 5) -> None:
-        super().__init__(num_classes, input_size)
+    def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, N: int = 5,
+                 in_channels: int = 3) -> None:
+        super().__init__(num_classes, input_size, in_channels)
         if C < 1 or N < 1:
             raise ArchError(f"nb201 space needs C >= 1 and N >= 1, got C={C}, N={N}")
         self.C, self.N = C, N
@@ -151,12 +152,12 @@ class NB201Space(Space):
 
     def build_supernet(self) -> NB201Net:
         return NB201Net(lambda key, c: Choice(key, {op: make_op(op, c) for op in OPS}),
-                        self.C, self.N, self.num_classes)
+                        self.C, self.N, self.num_classes, self.in_channels)
 
     def build_network(self, arch: Arch) -> NB201Net:
         self.validate(arch)
         d = arch.as_dict()
-        return NB201Net(lambda key, c: make_op(d[key], c), self.C, self.N, self.num_classes)
+        return NB201Net(lambda key, c: make_op(d[key], c), self.C, self.N, self.num_classes, self.in_channels)
 
     @classmethod
     def function_key(cls, arch: Arch) -> str:

@@ -88,12 +88,13 @@ LayerFactory = Callable[[int, int, int, int], nn.Module]
 
 
 class ProxylessNet(Supernet):
-    """(B, 3, H, W) -> (B, num_classes). ``layers.{i}`` is searchable layer i."""
+    """(B, in_channels, H, W) -> (B, num_classes). ``layers.{i}`` is searchable layer i."""
 
     def __init__(self, make_layer: LayerFactory, plan: list[tuple[int, int, int]], stem: int, first: int,
-                 head: int, num_classes: int) -> None:
+                 head: int, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
+                                  nn.ReLU6())
         self.first = MBConv(stem, first, 3, 1, 1)
         self.layers = nn.Sequential(*[make_layer(i, cin, cout, s) for i, (cin, cout, s) in enumerate(plan)])
         c_last = plan[-1][1]
@@ -113,8 +114,9 @@ class ProxylessSpace(ChainSpace):
     ops = (*MB_OPS, ZERO)
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, width_mult: float = 0.5,
-                 layers_per_stage: int | Sequence[int] = 2, head_width: int | None = None) -> None:
-        super().__init__(num_classes, input_size)
+                 layers_per_stage: int | Sequence[int] = 2, head_width: int | None = None,
+                 in_channels: int = 3) -> None:
+        super().__init__(num_classes, input_size, in_channels)
         depth = ([int(layers_per_stage)] * len(STAGES) if isinstance(layers_per_stage, int)
                  else [int(n) for n in layers_per_stage])
         if len(depth) != len(STAGES) or min(depth) < 1 or width_mult <= 0:
@@ -139,7 +141,7 @@ class ProxylessSpace(ChainSpace):
 
     def _build(self, make_layer: LayerFactory) -> ProxylessNet:
         return ProxylessNet(make_layer, self.plan, self.stem_width, self.first_width, self.head_width,
-                            self.num_classes)
+                            self.num_classes, self.in_channels)
 
     def build_supernet(self) -> ProxylessNet:
         opts = self.layer_options()

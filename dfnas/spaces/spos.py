@@ -80,12 +80,12 @@ LayerFactory = Callable[[int, int, int, int], nn.Module]
 
 
 class SposNet(Supernet):
-    """(B, 3, H, W) -> (B, num_classes). ``layers.{i}`` is searchable layer i."""
+    """(B, in_channels, H, W) -> (B, num_classes). ``layers.{i}`` is searchable layer i."""
 
     def __init__(self, make_layer: LayerFactory, plan: list[tuple[int, int, int]], stem: int, head: int,
-                 num_classes: int) -> None:
+                 num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
                                   nn.ReLU(inplace=False))
         self.layers = nn.Sequential(*[make_layer(i, cin, cout, s) for i, (cin, cout, s) in enumerate(plan)])
         self.head = nn.Sequential(*_pw(plan[-1][1], head))
@@ -104,8 +104,9 @@ class SposSpace(ChainSpace):
     ops = tuple(OPS)
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, width_mult: float = 0.25,
-                 layers: Sequence[int] = (2, 2, 2, 2), head_width: int | None = None) -> None:
-        super().__init__(num_classes, input_size)
+                 layers: Sequence[int] = (2, 2, 2, 2), head_width: int | None = None,
+                 in_channels: int = 3) -> None:
+        super().__init__(num_classes, input_size, in_channels)
         depth = [int(n) for n in layers]
         if len(depth) != len(STAGE_WIDTHS) or min(depth) < 1 or width_mult <= 0:
             raise ArchError(f"spos space needs width_mult > 0 and {len(STAGE_WIDTHS)} stage depths >= 1, "
@@ -128,7 +129,7 @@ class SposSpace(ChainSpace):
         return [list(OPS) for _ in self.plan]
 
     def _build(self, make_layer: LayerFactory) -> SposNet:
-        return SposNet(make_layer, self.plan, self.stem_width, self.head_width, self.num_classes)
+        return SposNet(make_layer, self.plan, self.stem_width, self.head_width, self.num_classes, self.in_channels)
 
     def build_supernet(self) -> SposNet:
         return self._build(lambda i, cin, cout, s: Choice(self.layer_key(i),

@@ -104,6 +104,7 @@ def resolve_space(space_cfg: Space | SpaceConfig | Mapping[str, Any], ds: ImageS
     if ds is not None:
         opts.setdefault("num_classes", ds.num_classes)
         opts.setdefault("input_size", ds.input_size)
+        opts.setdefault("in_channels", ds.in_channels)
     return build_space(name, **opts)
 
 
@@ -140,11 +141,12 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
     ds = with_label_mode(ds, cfg.label_mode)
     space = resolve_space(space_cfg, ds)
     getattr(space, "check", space.validate)(arch)  # ArchError: the architecture is not of this space
-    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip())
+    ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip(),
+                        in_channels=space.in_channels)
     test = None
     if test_data is not None:
         test = test_data if isinstance(test_data, ImageSet) else open_dataset(test_data)
-        test.check_compatible(space.num_classes, space.input_size, what="test set")
+        test.check_compatible(space.num_classes, space.input_size, what="test set", in_channels=space.in_channels)
     if cfg.held_out > 0:
         train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "train", "split"))
     else:
