@@ -33,6 +33,27 @@ def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Pat
     return p
 
 
+def check_writable(path: str | Path, what: str, hint: str) -> None:
+    """DfnasError naming ``path`` unless files can be written there (into its nearest existing ancestor when it
+    does not exist yet); ``hint`` says what to do instead."""
+    p = Path(path)
+    existing = next((q for q in (p, *p.parents) if q.exists()), p)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DfnasError(f"{what} {str(p)!r} is not writable; {hint}")
+
+
+def _write_error(path: Path, e: OSError) -> DfnasError:
+    """The DfnasError for a failed write of ``path``: a full disk, a directory that is not writable, or else."""
+    if e.errno == errno.ENOSPC:
+        return DfnasError(f"no space left on device while writing {str(path)!r}; free space and rerun "
+                          "(completed files are kept and the run resumes)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return DfnasError(f"cannot write {str(path)!r}: the directory {str(path.parent)!r} is not writable "
+                          f"({e.strerror or e}); fix its permissions, or copy the directory somewhere writable and "
+                          "rerun there")
+    return DfnasError(f"cannot write {str(path)!r}: {e.strerror or e}")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -45,8 +66,11 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     A crash or full disk leaves the previous file (if any) untouched: readers never see half a file.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:  # nothing was created: a read-only directory or file system, a full disk
+        raise _write_error(p, e) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -57,10 +81,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if e.errno == errno.ENOSPC:
-            raise DfnasError(f"no space left on device while writing {str(p)!r}; free space and rerun "
-                             "(completed files are kept and the run resumes)") from None
-        raise DfnasError(f"cannot write {str(p)!r}: {e.strerror or e}") from None
+        raise _write_error(p, e) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -146,8 +167,11 @@ class MetricLogger:
 
     def __init__(self, path: str | Path, tensorboard: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", buffering=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", buffering=1)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
         self._tb = None
         if tensorboard:
             try:

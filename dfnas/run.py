@@ -26,6 +26,7 @@ import torch
 
 from dfnas import distributed as D
 from dfnas.errors import DfnasError
+from dfnas.io import check_writable
 from dfnas.pipeline.config import RunConfig, load_run_config
 from dfnas.pipeline.rundir import STAGES, is_done, prepare_run_dir, read_marker, stage
 
@@ -119,6 +120,11 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: bool = True, table_p
     if not ctx.is_main:
         prepare_run_dir(out_dir, cfg, write=False)
     write = ctx.is_main
+    needed = STAGES if stop_after is None else STAGES[:STAGES.index(stop_after) + 1]
+    pending = [s for s in needed if not is_done(out_dir, s)]
+    if pending:  # a finished run is only read, so it may lie in a read-only place
+        check_writable(out_dir, "run directory", f"stages {', '.join(pending)} still have to write into it: fix "
+                       "its permissions, or copy the run somewhere writable and resume there")
     log(f"output directory {out_dir} (device {device}, {ctx.world_size} process{'es' if ctx.enabled else ''})")
     teacher_box: dict[str, Any] = {}
 

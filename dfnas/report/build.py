@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dfnas.errors import DfnasError
-from dfnas.io import atomic_write_text, read_json
+from dfnas.io import atomic_write_text, check_writable, read_json
 
 NB201_MISSING = "ground truth unavailable: set DFNAS_NB201 to the NAS-Bench-201 nats_bench.csv (or DFNAS_ASSETS)"
 
@@ -185,6 +185,8 @@ def build_report(run_dir: str | Path, table_path: str | Path | None = None) -> l
     conf = read_run_config(run)
     cfg, env = conf.get("config", {}), conf.get("environment", {})
     rep = run / "report"
+    check_writable(rep, "report directory", "fix the run directory's permissions, or copy the run somewhere "
+                   "writable and build the report there")
     rep.mkdir(parents=True, exist_ok=True)
     markers = {s: read_marker(run, s) for s in STAGES}
     teacher = markers["teacher"].get("identity") or {}
