@@ -51,6 +51,8 @@ ZC_BUDGETS = {
                     ("naswot", "synflow", "naswot+synflow"), 100, (0, 1, 2)),
 }
 LARGE_SEED = 1  # the large sample's stratified draw (the 30 cells use the budget's cell_seed)
+# combined rankers (sum of the parts' ranks, as zerocost.proxy="a+b"), computed from the stored scores
+COMBOS = ("naswot+synflow", "naswot+synflow+jacob_cov")
 CHUNK = 100  # cells per resume unit of the large sample
 BAR_TAU, BAR_ACC = 0.6, 93.5  # the bar of the issue: tau on a data-free source, found-cell accuracy
 
@@ -101,6 +103,20 @@ def _correlate(gt: list[float], vals: list[float | None], correlations: Callable
 
     # -inf (a cell the proxy cannot tell apart from a constant network) ranks lowest, ties shared
     return correlations(gt, ranks([from_json_score(v) for v in vals]))
+
+
+def _rankers(recs: list[dict], proxies: tuple[str, ...]) -> dict[str, list[float | None]]:
+    """Each proxy's scores over ``recs``, plus the combined rankers whose parts were all scored."""
+    from dfnas.search.zerocost import combined_scores
+    from dfnas.search.zerocost.scoring import from_json_score
+
+    out: dict[str, list[float | None]] = {p: [r["scores"][p] for r in recs] for p in proxies}
+    for combo in COMBOS:
+        parts = combo.split("+")
+        if set(parts) <= set(proxies):
+            scores = [{p: from_json_score(r["scores"][p]) for p in parts} for r in recs]
+            out[combo] = list(combined_scores(scores, parts))
+    return out
 
 
 def run(args: Any, budget: Any, archs: list[Any], cells: list[dict], sources: list[str], work: Path, out: Path,
@@ -184,15 +200,15 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
     for s in SOURCES:
         recs = [store.get(s, "zerocost", f"cell{i:02d}", cell_hash=h_rank) for i in range(len(cells))]
         if all(r is not None for r in recs):
-            rank[s] = {p: {**_correlate(gt, [r["scores"][p] for r in recs if r], correlations),
-                           "scores": [r["scores"][p] for r in recs if r]} for p in zb.proxies}
+            vals = _rankers([r for r in recs if r], zb.proxies)
+            rank[s] = {p: {**_correlate(gt, v, correlations), "scores": v} for p, v in vals.items()}
             rank[s]["seconds_per_cell"] = sum(r["seconds"] for r in recs if r) / len(recs)
         chunks = [store.get(s, "zerocost_large", f"chunk{j:02d}", cell_hash=h_large)
                   for j in range(-(-len(large) // CHUNK))]
         if all(c is not None for c in chunks):
             recs_l = [r for c in chunks if c for r in c["records"]]
-            big[s] = {p: _correlate(gt_large, [r["scores"][p] for r in recs_l], correlations)
-                      for p in zb.large_proxies}
+            big[s] = {p: _correlate(gt_large, v, correlations)
+                      for p, v in _rankers(recs_l, zb.large_proxies).items()}
         found = {p: [store.get(s, "zerocost_search", f"{p.replace('+', '_')}-seed{k}", cell_hash=h_search)
                      for k in zb.seeds] for p in zb.search_proxies}
         done = {p: [r for r in v if r] for p, v in found.items() if all(r is not None for r in v)}
@@ -211,12 +227,12 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
              "that does not depend on the input) ranks lowest.\n",
              f"## {len(cells)} stratified cells (the cells of the trained rankers)\n"]
     rows = [[SOURCES[s].label] + [f"{rank[s][p]['kendall_tau']:.2f} / {rank[s][p]['spearman_rho']:.2f}"
-                                  for p in zb.proxies] + [f"{rank[s]['seconds_per_cell']:.2f}"] for s in rank]
-    lines.append(common.md_table(["source"] + [f"{p} τ / ρ" for p in zb.proxies] + ["s per cell (all)"], rows))
+                                  for p in _names(rank)] + [f"{rank[s]['seconds_per_cell']:.2f}"] for s in rank]
+    lines.append(common.md_table(["source"] + [f"{p} τ / ρ" for p in _names(rank)] + ["s per cell (all)"], rows))
     lines.append(f"\n## Large sample: {len(large)} stratified cells (seed {LARGE_SEED})\n")
     rows = [[SOURCES[s].label] + [f"{big[s][p]['kendall_tau']:.3f} / {big[s][p]['spearman_rho']:.3f}"
-                                  for p in zb.large_proxies] for s in big]
-    lines.append(common.md_table(["source"] + [f"{p} τ / ρ" for p in zb.large_proxies], rows))
+                                  for p in _names(big)] for s in big]
+    lines.append(common.md_table(["source"] + [f"{p} τ / ρ" for p in _names(big)], rows))
     lines.append(f"\n## Training-free search: NB201 CIFAR-10 accuracy of the found cell ({zb.candidates} "
                  f"candidates, seeds {list(zb.seeds)}; mean ± std)\n")
     procs = list(zb.search_proxies)
@@ -225,6 +241,12 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
     lines.append(common.md_table(["source"] + procs, rows))
     lines.append(f"\nBar: τ ≥ {BAR_TAU} on a data-free source and a found cell ≥ {BAR_ACC} % (mean of 3 seeds).\n")
     return summary, "\n".join(lines)
+
+
+def _names(stats: dict[str, dict[str, Any]]) -> list[str]:
+    """The rankers of a stats table (the same for every source), in their order."""
+    first = next(iter(stats.values()), {})
+    return [k for k, v in first.items() if isinstance(v, dict)]
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:

@@ -61,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("search", help="search an architecture on a (synthetic or real) dataset")
     p.add_argument("--data", required=True, help="synthesized dataset directory or a real dataset")
     p.add_argument("--out", required=True, help="run directory (a killed search resumes when rerun)")
-    p.add_argument("--method", default=None, help="darts | proxyless | spos (default darts)")
+    p.add_argument("--method", default=None,
+                   help="darts | proxyless | spos (default darts), or training-free: zerocost | naswot | synflow | "
+                        "jacob_cov | snip | grad_norm | params | flops (options: --set zerocost.candidates=100 ...)")
     p.add_argument("--space", default=None, help="nb201 | darts | proxyless | spos (default nb201, C=8 N=1)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--config", default=None, help="YAML file with SearchConfig keys")
