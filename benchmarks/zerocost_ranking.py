@@ -239,7 +239,20 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
     rows = [[SOURCES[s].label] + [fmt(search[s][p]["accs"]) if p in search[s] else "–" for p in procs]
             for s in search]
     lines.append(common.md_table(["source"] + procs, rows))
-    lines.append(f"\nBar: τ ≥ {BAR_TAU} on a data-free source and a found cell ≥ {BAR_ACC} % (mean of 3 seeds).\n")
+    same = [p for p in procs if len({tuple(search[s][p]["archs"]) for s in search if p in search[s]}) == 1]
+    if len(search) > 1 and same:
+        lines.append(f"\nWith {', '.join(same)}, every source finds the very same cell for each seed: the search's "
+                     "outcome does not depend on the images.\n")
+    lines.append(f"\n## Bar: τ ≥ {BAR_TAU} on a data-free source and a found cell ≥ {BAR_ACC} % (mean of 3 seeds)\n")
+    rows = []
+    for s in search:  # τ from the large sample where it was run, else from the 30 cells
+        stats, n = (big[s], len(large)) if s in big else (rank.get(s, {}), len(cells))
+        for p in procs:
+            if p in search[s] and p in stats:
+                tau, (m, _) = stats[p]["kendall_tau"], common.mean_std(search[s][p]["accs"])
+                met = "yes" if tau >= BAR_TAU and m >= BAR_ACC else "no"
+                rows.append([SOURCES[s].label, p, f"{tau:.3f} ({n} cells)", f"{m:.2f}", met])
+    lines.append(common.md_table(["source", "ranker / search proxy", "τ", "found cell (%)", "bar met"], rows))
     return summary, "\n".join(lines)
 
 
