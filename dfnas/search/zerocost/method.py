@@ -171,7 +171,7 @@ class ZeroCostMethod(SearchMethod):
                     done[i] = rec
                     best = max(best, s[self.proxies[0]])
                     logger.log({"kind": "candidate", "candidate": i, "arch": str(arch), **rec["scores"],
-                                "best_so_far": finite_or_none(best)}, step=i)
+                                "best_so_far": finite_or_none(best), "best_of": self.proxies[0]}, step=i)
                     bar.update(1)
             found, summary = self.pick(archs, done)
             logger.log({"kind": "done", "arch": str(found), "score": summary["best_score"]})
