@@ -15,6 +15,7 @@ from dfnas.errors import ConfigError, DataError
 from dfnas.synthesis import make_config
 from dfnas.synthesis.generator import ConditionalGenerator, adversarial_loss
 from dfnas.synthesis.inspect import class_similarity, similarity_spearman
+from dfnas.synthesis.runner import data_identity
 from dfnas.synthesis.toy import toy_teacher
 
 
@@ -169,3 +170,22 @@ def test_class_similarity_on_a_constructed_example() -> None:
     # off-diagonal values 1..6 against the ranks 1,2,3,4,6,5: rho = 1 - 6 * 2 / (6 * 35) = 0.942857
     b = torch.tensor([[9, 1, 2], [3, 9, 4], [6, 5, 9]], dtype=torch.float64)
     assert similarity_spearman(a, b) == pytest.approx(1 - 12 / 210)
+
+
+def test_normalized_output_has_the_teachers_input_statistics(tmp_path: Path, teacher, gen_dataset: Path) -> None:
+    gen = ConditionalGenerator(4, 12, 3, latent_dim=8, width=4, output="normalized", mean=(0.2, 0.5, 0.7),
+                               std=(0.1, 0.2, 0.05)).train()
+    z, y = torch.randn(64, 8), torch.nn.functional.one_hot(torch.arange(64) % 4, 4).float()
+    out = gen(z, y)  # (64, 3, 12, 12): per channel, batch mean/std equal the declared ones by construction
+    assert torch.allclose(out.mean((0, 2, 3)), torch.tensor([0.2, 0.5, 0.7]), atol=1e-4)
+    assert torch.allclose(out.std((0, 2, 3), unbiased=False), torch.tensor([0.1, 0.2, 0.05]), atol=1e-3)
+    with pytest.raises(ConfigError, match="generator.output"):
+        _cfg("generator.output=tanh")
+    ds = _run(_cfg("generator.output=normalized"), tmp_path / "norm", teacher)
+    man, old = read_manifest(ds), read_manifest(gen_dataset)
+    # the original output keeps the hash it had before the option existed; another output is another dataset
+    assert man["config_hash"] != old["config_hash"]
+    assert "output" not in data_identity(old["config"], old["teacher"])["config"]["generator"]
+    assert data_identity(man["config"], man["teacher"])["config"]["generator"]["output"] == "normalized"
+    assert man["config"]["generator"]["output"] == "normalized"
+    assert not torch.equal(read_synthetic(ds).images, read_synthetic(gen_dataset).images)

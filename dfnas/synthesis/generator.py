@@ -29,6 +29,8 @@ from dfnas.synthesis.losses import BNStatsLoss, LossWeights, inversion_loss
 from dfnas.synthesis.optimize import NonFiniteLossError, StepRecord, _draw_geometry, crop_region
 from dfnas.teachers.teacher import Teacher
 
+GENERATOR_OUTPUTS = ("sigmoid", "normalized")
+
 
 @dataclass
 class GeneratorConfig:
@@ -45,6 +47,10 @@ class GeneratorConfig:
     bn_momentum: float = 0.9  # 0: each batch matches the BN statistics alone
     reset_latent_layer: bool = False  # fresh N(0, 0.02) latent projection per batch (Fast-DFKD's reset_l0)
     adv_weight: float = 0.0  # online training only: reward images the student gets wrong
+    # last layer: "sigmoid" squashes to [0, 1]; "normalized" ends in an affine-free BatchNorm and maps each
+    # channel to the teacher's input mean/std, so every batch has the teacher's first-layer input statistics by
+    # construction and no region saturates (stored images are clipped to [0, 1])
+    output: str = "sigmoid"
 
     def __post_init__(self) -> None:
         for name in ("steps", "warmup_steps", "latent_dim", "width"):
@@ -58,6 +64,9 @@ class GeneratorConfig:
                 raise ConfigError(f"synthesis.generator.{name} must be a finite number > 0, got {v}")
         if not 0 <= self.bn_momentum < 1:
             raise ConfigError(f"synthesis.generator.bn_momentum must lie in [0, 1), got {self.bn_momentum}")
+        if self.output not in GENERATOR_OUTPUTS:
+            raise ConfigError(f"synthesis.generator.output must be one of {list(GENERATOR_OUTPUTS)}, got "
+                              f"{self.output!r}")
         if not (0 <= self.adv_weight < float("inf")):
             raise ConfigError(f"synthesis.generator.adv_weight must be a finite number >= 0, got {self.adv_weight}")
 
@@ -66,7 +75,8 @@ class ConditionalGenerator(nn.Module):
     """(z (B, latent), y (B, K) class distribution) -> canvas (B, C, S, S) in [0, 1]; S divisible by 4."""
 
     def __init__(self, num_classes: int, canvas_size: int, channels: int = 3, latent_dim: int = 64,
-                 width: int = 32) -> None:
+                 width: int = 32, output: str = "sigmoid", mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None) -> None:
         super().__init__()
         if canvas_size % 4:
             raise ConfigError(f"the generator needs a canvas side divisible by 4, got {canvas_size}")
@@ -86,10 +96,18 @@ class ConditionalGenerator(nn.Module):
             nn.Conv2d(w2, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
             nn.Conv2d(width, channels, 3, padding=1),
         )
+        self.output = output
+        if output == "normalized":
+            self.out_norm = nn.BatchNorm2d(channels, affine=False)
+            c = (1, channels, 1, 1)
+            self.register_buffer("mean", torch.tensor(mean or (0.5,) * channels, dtype=torch.float32).view(c))
+            self.register_buffer("std", torch.tensor(std or (0.25,) * channels, dtype=torch.float32).view(c))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shape = (len(z), self.w2, self.init, self.init)
         h = self.norm0(self.fc(z).view(shape)) + self.embed(y).view(shape)  # (B, 2w, S/4, S/4)
+        if self.output == "normalized":  # per-channel standardized, then in pixel units (not clipped here)
+            return self.out_norm(self.body(h)) * self.std + self.mean
         return torch.sigmoid(self.body(h))
 
 
@@ -116,7 +134,8 @@ class FewStepSynthesizer:
         self.jitter, self.flip, self.per_image_regions = jitter, flip, per_image_regions
         device = teacher.mean.device
         self.meta = ConditionalGenerator(teacher.num_classes, canvas_size, teacher.spec.in_channels,
-                                         cfg.latent_dim, cfg.width)
+                                         cfg.latent_dim, cfg.width, cfg.output, tuple(teacher.spec.mean),
+                                         tuple(teacher.spec.std))
         # initial weights from the run's generator (constructors draw from the global RNG)
         with torch.no_grad():
             for p in self.meta.parameters():
@@ -126,7 +145,7 @@ class FewStepSynthesizer:
                 elif p.dim() == 1:
                     p.zero_()
             for m in self.meta.modules():
-                if isinstance(m, nn.BatchNorm2d):
+                if isinstance(m, nn.BatchNorm2d) and m.affine:
                     m.weight.fill_(1.0)
         self.meta.to(device).train()
         self.meta_opt = torch.optim.Adam(self.meta.parameters(), lr=cfg.meta_lr, betas=(0.5, 0.999))
@@ -221,12 +240,20 @@ class FewStepSynthesizer:
             "meta_opt": self.meta_opt.state_dict(),
             "bn_ema": None if self.bn_ema is None else [(m.cpu(), v.cpu()) for m, v in self.bn_ema],
             "batches": self.batches,
-            "arch": {"latent_dim": self.cfg.latent_dim, "width": self.cfg.width, "canvas_size": self.canvas_size},
+            "arch": self._arch(),
         }
+
+    def _arch(self) -> dict[str, Any]:
+        """The shape-defining settings a saved state must match ("output" only when not the original)."""
+        arch: dict[str, Any] = {"latent_dim": self.cfg.latent_dim, "width": self.cfg.width,
+                                "canvas_size": self.canvas_size}
+        if self.cfg.output != "sigmoid":
+            arch["output"] = self.cfg.output
+        return arch
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output; ConfigError when it was made by a differently shaped generator."""
-        arch = {"latent_dim": self.cfg.latent_dim, "width": self.cfg.width, "canvas_size": self.canvas_size}
+        arch = self._arch()
         if state.get("arch") != arch:
             raise ConfigError(f"generator state was saved for {state.get('arch')}, this run needs {arch}")
         device = self.teacher.mean.device

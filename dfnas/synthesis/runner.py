@@ -70,23 +70,23 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
     return dataclasses.replace(cfg, canvas_size=cfg.resolved_canvas(input_size), label_mode=label_mode)
 
 
-def dataset_hash(resolved: dict[str, Any], teacher: Teacher) -> str:
-    """Hash of everything that determines the data: resolved config and teacher identity (not its path)."""
-    cfg = {k: v for k, v in resolved.items() if k not in _NOT_HASHED}
+def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> dict[str, Any]:
+    """What determines a dataset's bytes: its resolved config and its teacher's identity, less the settings that
+    never change the data (logs, paths). Hashed for ``config_hash`` and compared key by key in a refusal."""
+    cfg = {k: v for k, v in config.items() if k not in _NOT_HASHED}
     if cfg.get("method") != "generator":  # the generator's settings do not change other methods' data
         cfg.pop("generator", None)
+    elif isinstance(cfg.get("generator"), dict) and cfg["generator"].get("output") == "sigmoid":
+        cfg["generator"] = {k: v for k, v in cfg["generator"].items() if k != "output"}  # added later: old hashes
     if cfg.get("calibration_loss_temperature") is None:  # added later; null keeps earlier datasets' hashes
         cfg.pop("calibration_loss_temperature", None)
-    cfg["teacher"] = {k: v for k, v in cfg["teacher"].items() if k not in _TEACHER_NOT_HASHED}
-    ident = {k: v for k, v in teacher.spec.identity().items() if k != "source"}
-    return config_hash({"config": cfg, "teacher": ident})
-
-
-def _shown_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> dict[str, Any]:
-    """The settings a refusal compares: the recorded config and teacher less what never changes the data."""
-    cfg = {k: v for k, v in config.items() if k not in _NOT_HASHED}
     cfg["teacher"] = {k: v for k, v in (cfg.get("teacher") or {}).items() if k not in _TEACHER_NOT_HASHED}
-    return {**cfg, "teacher_identity": {k: v for k, v in teacher_identity.items() if k != "source"}}
+    return {"config": cfg, "teacher": {k: v for k, v in teacher_identity.items() if k != "source"}}
+
+
+def dataset_hash(resolved: dict[str, Any], teacher: Teacher) -> str:
+    """Hash of everything that determines the data: resolved config and teacher identity (not its path)."""
+    return config_hash(data_identity(resolved, teacher.spec.identity()))
 
 
 def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True,
@@ -94,7 +94,7 @@ def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True,
     """Check ``out`` may receive this dataset; return its existing manifest when resuming the same config.
 
     Only the main rank (``main``) replaces an old dataset or insists on an empty directory: other ranks may
-    arrive after it has started writing. ``shown``: this dataset's ``_shown_identity``, to name the settings
+    arrive after it has started writing. ``shown``: this dataset's ``data_identity``, to name the settings
     in which an existing dataset differs.
     """
     ensure_writable_dir(out, "output directory")
@@ -103,7 +103,7 @@ def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True,
         if man.get("config_hash") == chash:
             return man
         if not overwrite or not main:
-            old = _shown_identity(man.get("config") or {}, man.get("teacher") or {})
+            old = data_identity(man.get("config") or {}, man.get("teacher") or {})
             diff = describe_differences(old, shown) if shown is not None else ""
             what = diff or f"config_hash {man.get('config_hash')} != {chash}"
             raise DfnasError(f"output directory {str(out)!r} already holds a dataset made with a different "
@@ -167,7 +167,7 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     if resolved["teacher"].get("weights"):  # absolute: a later command finds it from any working directory
         resolved["teacher"]["weights"] = str(Path(resolved["teacher"]["weights"]).resolve())
     chash = dataset_hash(resolved, teacher)
-    shown = _shown_identity(resolved, teacher.spec.identity())
+    shown = data_identity(resolved, teacher.spec.identity())
     existing = _prepare_dir(out, chash, overwrite, shown=shown) if rank == 0 else None
     warned = False  # whether the damaged shards were already named
     manifest: dict[str, Any] = existing or {
