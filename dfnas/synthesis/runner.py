@@ -84,6 +84,11 @@ def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> d
     return {"config": cfg, "teacher": {k: v for k, v in teacher_identity.items() if k != "source"}}
 
 
+def _shown(identity: dict[str, Any]) -> dict[str, Any]:
+    """A ``data_identity`` as a refusal names it: config keys at the top level, the teacher apart."""
+    return {**identity["config"], "teacher_identity": identity["teacher"]}
+
+
 def dataset_hash(resolved: dict[str, Any], teacher: Teacher) -> str:
     """Hash of everything that determines the data: resolved config and teacher identity (not its path)."""
     return config_hash(data_identity(resolved, teacher.spec.identity()))
@@ -104,7 +109,7 @@ def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True,
             return man
         if not overwrite or not main:
             old = data_identity(man.get("config") or {}, man.get("teacher") or {})
-            diff = describe_differences(old, shown) if shown is not None else ""
+            diff = describe_differences(_shown(old), _shown(shown)) if shown is not None else ""
             what = diff or f"config_hash {man.get('config_hash')} != {chash}"
             raise DfnasError(f"output directory {str(out)!r} already holds a dataset made with a different "
                              f"configuration ({what}); rerun with the same settings to resume it, use another "
