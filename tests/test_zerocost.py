@@ -16,7 +16,6 @@ from dfnas._cli import search as search_cli
 from dfnas.data import ImageSet
 from dfnas.errors import ConfigError, DataError, DfnasError
 from dfnas.search import SEARCH_METHODS, run_search
-from dfnas.search.report import read_arch_file
 from dfnas.search.zerocost import (
     build_proxy,
     candidate_archs,
@@ -29,6 +28,7 @@ from dfnas.search.zerocost import (
 )
 from dfnas.search.zerocost import method as zc_method
 from dfnas.spaces import build_space
+from dfnas.spaces.archfile import read_arch_file
 from dfnas.spaces.nb201 import NB201Space
 
 

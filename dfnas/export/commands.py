@@ -48,7 +48,7 @@ def _from_train_dir(d: Path) -> tuple[Any, dict[str, Any], Path]:
 def export_command(out: str | Path, run_dir: str | Path | None = None, arch: str | Path | None = None,
                    weights: str | Path | None = None, device: str = "cpu") -> Path:
     """``dfnas export``: from a training run directory, or from an architecture file plus a weights file."""
-    from dfnas.search.report import parse_arch_string, read_arch_file
+    from dfnas.spaces.archfile import read_arch_or_string
     from dfnas.train.api import resolve_space
 
     if run_dir is not None:
@@ -56,9 +56,7 @@ def export_command(out: str | Path, run_dir: str | Path | None = None, arch: str
     else:
         if arch is None or weights is None:
             raise DfnasError("export needs --run DIR, or both --arch and --weights")
-        p = Path(arch)
-        a, space_cfg = read_arch_file(p) if p.exists() else (parse_arch_string(str(arch)), None)
-        space_cfg = dict(space_cfg or {"name": a.space})
+        a, space_cfg = read_arch_or_string(arch)
         wpath = Path(weights)
     space = resolve_space(space_cfg)
     net = space.build_network(a)

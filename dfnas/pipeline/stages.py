@@ -88,7 +88,7 @@ def _run_dataset(data_dir: Path, run_dir: Path) -> Any:
 
 
 def _found_arch(out_dir: Path) -> tuple[Any, dict[str, Any]]:
-    from dfnas.search.report import read_arch_file
+    from dfnas.spaces.archfile import read_arch_file
 
     arch, space_cfg = read_arch_file(out_dir / "search" / "arch.json")
     if space_cfg is None:

@@ -196,7 +196,7 @@ def build_report(run_dir: str | Path, table_path: str | Path | None = None) -> l
     arch_str = exp.get("arch") or search_res.get("arch_str") or "n/a"
     if search_res.get("nb201") is None and search_res.get("arch"):
         search_res = dict(search_res)  # the table may be available now (given, or found by the settings)
-        from dfnas.search.report import nb201_ground_truth
+        from dfnas.spaces.archfile import nb201_ground_truth
         from dfnas.spaces.base import Arch
         from dfnas.train.api import resolve_space
 
@@ -304,7 +304,7 @@ def build_report(run_dir: str | Path, table_path: str | Path | None = None) -> l
 
 def _draw_cell(run: Path, rep: Path, export_meta: dict[str, Any]) -> str | None:
     """Draw the exported (else the searched) architecture as ``cell.png``."""
-    from dfnas.search.report import read_arch_file
+    from dfnas.spaces.archfile import read_arch_file
     from dfnas.spaces.draw import draw_arch
     from dfnas.train.api import resolve_space
 

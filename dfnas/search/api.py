@@ -31,7 +31,7 @@ from dfnas.search.darts import DartsConfig
 from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
 from dfnas.search.proxyless import ProxylessConfig
-from dfnas.search.report import nb201_ground_truth, plot_progress, write_arch_files
+from dfnas.search.report import plot_progress
 from dfnas.search.rundir import (
     dataset_info,
     prepare_run_dir,
@@ -41,6 +41,7 @@ from dfnas.search.rundir import (
 )
 from dfnas.search.spos import SposConfig
 from dfnas.search.zerocost import ZeroCostConfig
+from dfnas.spaces.archfile import nb201_ground_truth, write_arch_files
 from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
 
 # CPU-sized settings per space, used unless the configuration sets them (num_classes / input_size come

@@ -12,7 +12,7 @@ from typing import Any
 from dfnas.config import apply_overrides, check_override_keys, from_dict, load_yaml
 from dfnas.errors import DfnasError
 from dfnas.search.api import SearchConfig, SearchResult, run_search
-from dfnas.search.report import parse_arch_string, read_arch_file
+from dfnas.spaces.archfile import parse_arch_string, read_arch_file, read_arch_or_string
 
 _SPACE_FIELDS = ("name", "options")
 
@@ -84,12 +84,7 @@ def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: 
     """``dfnas train``: the arch file's space settings (``--set space.C=16`` overrides them) and a TrainConfig."""
     from dfnas.train import TrainConfig, train_network
 
-    p = Path(arch)
-    if p.exists():
-        a, space_cfg = read_arch_file(p)
-    else:
-        a, space_cfg = parse_arch_string(str(arch)), None
-    space_cfg = dict(space_cfg or {"name": a.space})
+    a, space_cfg = read_arch_or_string(arch)
     base: dict[str, Any] = load_yaml(config) if config else {}
     for key, val in (("epochs", epochs), ("seed", seed), ("device", device)):
         if val is not None:

@@ -27,8 +27,9 @@ from dfnas.search.base import build_method
 from dfnas.search.fixed import FixedConfig
 from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
-from dfnas.search.report import nb201_ground_truth, plot_progress
+from dfnas.search.report import plot_progress
 from dfnas.search.rundir import dataset_info, prepare_run_dir, resolve_teacher, teacher_identity, with_label_mode
+from dfnas.spaces.archfile import nb201_ground_truth
 from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
 from dfnas.train.datafree import OnlineBank, OnlineConfig
 
