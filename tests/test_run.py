@@ -24,8 +24,7 @@ from dfnas.pipeline.rundir import read_marker
 from dfnas.pipeline.stages import export_stage
 from dfnas.report import NB201_MISSING, build_report
 from dfnas.run import run_pipeline
-from dfnas.spaces.base import subnet_state_dict
-from dfnas.train.api import resolve_space
+from dfnas.spaces.base import space_from_config, subnet_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHER = asset_path("teachers", "resnet20-12fca82f.th")
@@ -99,7 +98,7 @@ def test_tiny_run_killed_mid_search_resumes_and_produces_everything(tmp_path):
     assert read_marker(out, "export")["arch"] == found
     onnx_meta = read_marker(out, "export")["onnx"]  # model.onnx beside the weights, or why not
     assert (out / "export" / "model.onnx").is_file() if onnx_meta["file"] else "pip install" in onnx_meta["skipped"]
-    space = resolve_space(read_marker(out, "export")["space"])
+    space = space_from_config(read_marker(out, "export")["space"])
     ref = space.build_network(space.parse(found))
     ref.load_state_dict(torch.load(out / "train" / "model.pt", weights_only=True))
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -49,7 +49,7 @@ def export_command(out: str | Path, run_dir: str | Path | None = None, arch: str
                    weights: str | Path | None = None, device: str = "cpu") -> Path:
     """``dfnas export``: from a training run directory, or from an architecture file plus a weights file."""
     from dfnas.spaces.archfile import read_arch_or_string
-    from dfnas.train.api import resolve_space
+    from dfnas.spaces.base import space_from_config
 
     if run_dir is not None:
         a, space_cfg, wpath = _from_train_dir(Path(run_dir))
@@ -58,7 +58,7 @@ def export_command(out: str | Path, run_dir: str | Path | None = None, arch: str
             raise DfnasError("export needs --run DIR, or both --arch and --weights")
         a, space_cfg = read_arch_or_string(arch)
         wpath = Path(weights)
-    space = resolve_space(space_cfg)
+    space = space_from_config(space_cfg)
     net = space.build_network(a)
     state = _load_state(wpath)
     own = net.state_dict()

@@ -100,12 +100,9 @@ def read_export(export_dir: str | Path) -> dict[str, Any]:
 
 def rebuild(meta: Mapping[str, Any]) -> tuple[Any, Any, nn.Module]:
     """(space, arch, untrained plain network) from a parsed arch.json."""
-    import dfnas.spaces  # noqa: F401  (registers every space)
-    from dfnas.spaces.base import Arch, build_space
+    from dfnas.spaces.base import Arch, space_from_config
 
-    space_cfg = dict(meta["space"])
-    name = space_cfg.pop("name", None) or meta["arch"].get("space")
-    space = build_space(str(name), **space_cfg)
+    space = space_from_config({**meta["space"], "name": meta["space"].get("name") or meta["arch"].get("space")})
     arch = Arch.from_json(meta["arch"])
     return space, arch, space.build_network(arch)
 

@@ -117,12 +117,13 @@ def export_stage(cfg: RunConfig, out_dir: Path, device: torch.device, test_ds: A
     """Write OUT/export (arch.json + model.safetensors + model.onnx), reload it and evaluate the reloaded
     network."""
     from dfnas.export import export_network, load_exported, read_export
+    from dfnas.spaces.base import space_from_config
     from dfnas.spaces.flops import space_cost
-    from dfnas.train.api import evaluate, resolve_space
+    from dfnas.train.api import evaluate
 
     arch, space_cfg = _found_arch(out_dir)
     if cfg.export.weights == "distill":
-        space = resolve_space({**space_cfg, **cfg.export.space})
+        space = space_from_config({**space_cfg, **cfg.export.space})
         net = space.build_network(arch)
         path = out_dir / "train" / "model.pt"
         if not path.is_file():
@@ -138,7 +139,7 @@ def export_stage(cfg: RunConfig, out_dir: Path, device: torch.device, test_ds: A
         source = (f"trained from scratch on the synthetic data for {trained.get('epochs') or cfg.train.epochs} "
                   f"epochs (label mode {label_mode}{extras})")
     else:
-        space = resolve_space(space_cfg)
+        space = space_from_config(space_cfg)
         net = _inherited_network(cfg, out_dir, space, arch, device)
         source = (f"inherited from the {cfg.search.method} supernet (BatchNorm recalibrated on "
                   f"{cfg.export.recalibrate_batches} synthetic batches)")

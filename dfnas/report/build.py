@@ -197,10 +197,9 @@ def build_report(run_dir: str | Path, table_path: str | Path | None = None) -> l
     if search_res.get("nb201") is None and search_res.get("arch"):
         search_res = dict(search_res)  # the table may be available now (given, or found by the settings)
         from dfnas.spaces.archfile import nb201_ground_truth
-        from dfnas.spaces.base import Arch
-        from dfnas.train.api import resolve_space
+        from dfnas.spaces.base import Arch, space_from_config
 
-        space = resolve_space(search_res["space"])
+        space = space_from_config(search_res["space"])
         search_res["nb201"], search_res["nb201_note"] = nb201_ground_truth(space, Arch.from_json(search_res["arch"]),
                                                                            table_path)
 
@@ -305,14 +304,14 @@ def build_report(run_dir: str | Path, table_path: str | Path | None = None) -> l
 def _draw_cell(run: Path, rep: Path, export_meta: dict[str, Any]) -> str | None:
     """Draw the exported (else the searched) architecture as ``cell.png``."""
     from dfnas.spaces.archfile import read_arch_file
+    from dfnas.spaces.base import space_from_config
     from dfnas.spaces.draw import draw_arch
-    from dfnas.train.api import resolve_space
 
     src = run / "export" / "arch.json" if export_meta else run / "search" / "arch.json"
     if not src.is_file():
         return None
     arch, space_cfg = read_arch_file(src)
-    space = resolve_space(space_cfg or {"name": arch.space})
+    space = space_from_config(space_cfg or {"name": arch.space})
     draw_arch(space, arch, rep / "cell.png")
     return "cell.png"
 

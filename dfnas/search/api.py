@@ -42,7 +42,7 @@ from dfnas.search.rundir import (
 from dfnas.search.spos import SposConfig
 from dfnas.search.zerocost import ZeroCostConfig
 from dfnas.spaces.archfile import nb201_ground_truth, write_arch_files
-from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
+from dfnas.spaces.base import Arch, Space, SpaceConfig, space_from_config
 
 # CPU-sized settings per space, used unless the configuration sets them (num_classes / input_size come
 # from the dataset unless set). The papers' sizes are larger: nb201 C=16 N=5; darts C=16 layers=8.
@@ -139,13 +139,8 @@ def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = No
     """Build the space: CPU defaults < configured options; class count, input size and image channels from
     ``ds`` (or, without a dataset, from the keywords, e.g. the teacher's) where the options leave them unset."""
     sc = space_cfg if isinstance(space_cfg, SpaceConfig) else from_dict(SpaceConfig, dict(space_cfg), "space")
-    opts = {**SPACE_DEFAULTS.get(sc.name, {}), **sc.options}
-    if ds is not None:
-        num_classes, input_size, in_channels = ds.num_classes, ds.input_size, ds.in_channels
-    for key, value in (("num_classes", num_classes), ("input_size", input_size), ("in_channels", in_channels)):
-        if value is not None:
-            opts.setdefault(key, value)
-    return build_space(sc.name, **opts)
+    return space_from_config(sc, ds, defaults=SPACE_DEFAULTS.get(sc.name), num_classes=num_classes,
+                             input_size=input_size, in_channels=in_channels)
 
 
 @dataclass

@@ -356,3 +356,36 @@ class SpaceConfig:
 
     name: str = "nb201"
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def space_from_config(settings: Space | SpaceConfig | Mapping[str, Any], ds: Any = None, *,
+                      defaults: Mapping[str, Any] | None = None, num_classes: int | None = None,
+                      input_size: int | None = None, in_channels: int | None = None) -> Space:
+    """The one way from saved or configured space settings to a ``Space``.
+
+    ``settings`` is a Space (returned as is), a ``SpaceConfig`` or ``{"name", "options"}`` mapping (a search
+    configuration), or ``Space.config()`` output (``{"name", "C", ...}`` as arch.json records it). Options
+    are ``defaults`` < the given settings; the class count, input size and image channels come from ``ds``
+    (an ``ImageSet``), else from the keywords, wherever the settings leave them unset.
+    """
+    import dfnas.spaces  # noqa: F401  (registers every space)
+    from dfnas.config import from_dict
+    from dfnas.errors import ConfigError
+
+    if isinstance(settings, Space):
+        return settings
+    if isinstance(settings, Mapping) and "options" in settings:
+        settings = from_dict(SpaceConfig, dict(settings), "space")
+    if isinstance(settings, SpaceConfig):
+        name, opts = settings.name, dict(settings.options)
+    elif isinstance(settings, Mapping) and settings.get("name"):
+        name, opts = str(settings["name"]), {k: v for k, v in settings.items() if k != "name"}
+    else:
+        raise ConfigError(f"space settings must name the space, got {settings!r}")
+    opts = {**(defaults or {}), **opts}
+    if ds is not None:
+        num_classes, input_size, in_channels = ds.num_classes, ds.input_size, ds.in_channels
+    for key, value in (("num_classes", num_classes), ("input_size", input_size), ("in_channels", in_channels)):
+        if value is not None:
+            opts.setdefault(key, value)
+    return build_space(name, **opts)

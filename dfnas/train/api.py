@@ -30,7 +30,7 @@ from dfnas.search.losses import Criterion
 from dfnas.search.report import plot_progress
 from dfnas.search.rundir import dataset_info, prepare_run_dir, resolve_teacher, teacher_identity, with_label_mode
 from dfnas.spaces.archfile import nb201_ground_truth
-from dfnas.spaces.base import Arch, Space, SpaceConfig, build_space
+from dfnas.spaces.base import Arch, Space, SpaceConfig, space_from_config
 from dfnas.train.datafree import OnlineBank, OnlineConfig
 
 
@@ -89,24 +89,9 @@ def evaluate(model: nn.Module, imageset: ImageSet, device: str | torch.device = 
 
 def resolve_space(space_cfg: Space | SpaceConfig | Mapping[str, Any], ds: ImageSet | None = None) -> Space:
     """A Space from a Space, a ``SpaceConfig`` / {"name", "options"}, or ``Space.config()`` output
-    ({"name", "C", ...} as saved in arch.json); class count and input size default to the dataset's."""
-    if isinstance(space_cfg, Space):
-        return space_cfg
-    if isinstance(space_cfg, SpaceConfig):
-        name, opts = space_cfg.name, dict(space_cfg.options)
-    elif isinstance(space_cfg, Mapping) and "options" in space_cfg:
-        sc = from_dict(SpaceConfig, dict(space_cfg), "space")
-        name, opts = sc.name, dict(sc.options)
-    elif isinstance(space_cfg, Mapping) and "name" in space_cfg:
-        opts = {k: v for k, v in space_cfg.items() if k != "name"}
-        name = str(space_cfg["name"])
-    else:
-        raise ConfigError(f"space settings must name the space, got {space_cfg!r}")
-    if ds is not None:
-        opts.setdefault("num_classes", ds.num_classes)
-        opts.setdefault("input_size", ds.input_size)
-        opts.setdefault("in_channels", ds.in_channels)
-    return build_space(name, **opts)
+    ({"name", "C", ...} as saved in arch.json); class count and input size default to the dataset's.
+    Kept for callers of ``dfnas.train.resolve_space``: it is ``dfnas.spaces.base.space_from_config``."""
+    return space_from_config(space_cfg, ds)
 
 
 def manifest_teacher(ds: ImageSet, device: torch.device) -> Any:
@@ -140,7 +125,7 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
     dev = resolve_device(device if device is not None else cfg.device)
     ds = data if isinstance(data, ImageSet) else open_dataset(data)
     ds = with_label_mode(ds, cfg.label_mode)
-    space = resolve_space(space_cfg, ds)
+    space = space_from_config(space_cfg, ds)
     getattr(space, "check", space.validate)(arch)  # ArchError: the architecture is not of this space
     ds.check_compatible(space.num_classes, space.input_size, what=f"dataset {ds.info.get('source') or ''}".strip(),
                         in_channels=space.in_channels)
