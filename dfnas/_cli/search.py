@@ -29,7 +29,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dfnas.search.commands import train_command
+    from dfnas.train.commands import train_command
 
     r = train_command(args.out, args.arch, args.data, test=args.test, epochs=args.epochs, overrides=args.set,
                       config=args.config, seed=args.seed, device=args.device, teacher=args.teacher,

@@ -1,7 +1,7 @@
-"""Library functions behind ``dfnas search``, ``dfnas train`` and ``dfnas nb201 lookup``.
+"""Library functions behind ``dfnas search`` and ``dfnas nb201 lookup`` (``dfnas train``: ``dfnas.train.commands``).
 
 Each turns command-line style inputs (a YAML file, ``KEY=VALUE`` overrides, flags) into a typed config and
-calls ``run_search`` / ``train_network`` / the NAS-Bench-201 table, so the CLI itself only parses.
+calls ``run_search`` / the NAS-Bench-201 table, so the CLI itself only parses.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from dfnas.config import apply_overrides, check_override_keys, from_dict, load_yaml
 from dfnas.errors import DfnasError
 from dfnas.search.api import SearchConfig, SearchResult, run_search
-from dfnas.spaces.archfile import parse_arch_string, read_arch_file, read_arch_or_string
+from dfnas.spaces.archfile import parse_arch_string, read_arch_file
 
 _SPACE_FIELDS = ("name", "options")
 
@@ -74,28 +74,6 @@ def search_command(out: str | Path, data: str | Path, *, method: str | None = No
     cfg = from_dict(SearchConfig, data_cfg, "search")
     tch = online_teacher(data, teacher, weights, teacher_settings)
     return run_search(cfg, data, out, device=None, progress=progress, table_path=table, teacher=tch)
-
-
-def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: str | Path | None = None,
-                  epochs: int | None = None, overrides: list[str] | None = None, config: str | Path | None = None,
-                  seed: int | None = None, device: str | None = None, teacher: str | None = None,
-                  table: str | Path | None = None, progress: bool = True, weights: str | None = None,
-                  teacher_settings: list[str] | None = None) -> dict[str, Any]:
-    """``dfnas train``: the arch file's space settings (``--set space.C=16`` overrides them) and a TrainConfig."""
-    from dfnas.train import TrainConfig, train_network
-
-    a, space_cfg = read_arch_or_string(arch)
-    base: dict[str, Any] = load_yaml(config) if config else {}
-    for key, val in (("epochs", epochs), ("seed", seed), ("device", device)):
-        if val is not None:
-            base[key] = val
-    space_ovs, rest = _space_overrides(list(overrides or []), nested=False)
-    check_override_keys(TrainConfig, rest)
-    space_cfg = apply_overrides(space_cfg, space_ovs)
-    cfg = from_dict(TrainConfig, apply_overrides(base, rest), "train")
-    tch = online_teacher(data, teacher, weights, teacher_settings)
-    return train_network(cfg, a, space_cfg, data, out, test_data=test, progress=progress, teacher=tch,
-                         table_path=table)
 
 
 def nb201_lookup(arch: str | Path, table: str | Path | None = None) -> dict[str, Any]:
