@@ -139,11 +139,9 @@ def _synthesis_pictures(run: Path, rep: Path) -> tuple[str | None, str | None]:
     grid = _copy_png(data / "samples.png", rep, "synthetic_samples.png")
     curves = _copy_png(data / "loss_curves.png", rep, "synthesis_losses.png")
     if grid is None and (data / "manifest.json").is_file():
-        from dfnas.data import read_synthetic
-        from dfnas.synthesis.plots import save_sample_grid
+        from dfnas.synthesis.runner import save_dataset_grid
 
-        ds = read_synthetic(data)
-        save_sample_grid(ds.images, ds.hard_labels, ds.class_names, rep / "synthetic_samples.png")
+        save_dataset_grid(data, rep / "synthetic_samples.png")  # bounded memory: never the whole dataset
         grid = "synthetic_samples.png"
     if curves is None:
         from dfnas.synthesis.plots import save_loss_curves

@@ -30,6 +30,8 @@ from dfnas.synthesis.optimize import NonFiniteLossError, StepRecord, _draw_geome
 from dfnas.teachers.teacher import Teacher
 
 GENERATOR_OUTPUTS = ("sigmoid", "normalized")
+# above this many weights, the class embedding is factorized through a latent_dim-wide code (ImageNet-sized)
+MAX_CLASS_MAP_PARAMS = 2 ** 24
 
 
 @dataclass
@@ -86,7 +88,14 @@ class ConditionalGenerator(nn.Module):
         # maps survive a reset of ``fc`` (``reset_latent_layer``), so the meta generator keeps what each class
         # looks like while every batch gets a fresh random projection of its latents
         self.fc = nn.Linear(latent_dim, w2 * self.init * self.init)
-        self.embed = nn.Linear(num_classes, w2 * self.init * self.init, bias=False)
+        first_map = w2 * self.init * self.init
+        self.factorized = num_classes * first_map > MAX_CLASS_MAP_PARAMS
+        # a full class -> map matrix has K x 2w x (S/4)^2 weights: 157 M (0.6 GB, x9 with its copies and Adam
+        # moments) for 1,000 classes on a 280 px canvas; there the class goes through a latent_dim-wide code
+        # first. CIFAR-sized generators stay full, so their weights, states and images are unchanged
+        self.embed: nn.Module = (nn.Sequential(nn.Linear(num_classes, latent_dim, bias=False),
+                                               nn.Linear(latent_dim, first_map, bias=False))
+                                 if self.factorized else nn.Linear(num_classes, first_map, bias=False))
         self.w2 = w2
         self.norm0 = nn.BatchNorm2d(w2)  # normalizes the latent part alone: its scale never vanishes
         self.body = nn.Sequential(
@@ -249,6 +258,8 @@ class FewStepSynthesizer:
                                 "canvas_size": self.canvas_size}
         if self.cfg.output != "sigmoid":
             arch["output"] = self.cfg.output
+        if self.meta.factorized:  # only ImageNet-sized generators: the states of CIFAR-sized ones are unchanged
+            arch["class_embedding"] = "factorized"
         return arch
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

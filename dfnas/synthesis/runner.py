@@ -51,6 +51,7 @@ from dfnas.synthesis.config import SynthesisConfig, without_unusable_bn_term
 from dfnas.synthesis.methods import SYNTHESIS_METHODS, ShardContext, ShardJob, SynthesisMethod
 from dfnas.synthesis.optimize import StepRecord, centre_crop
 from dfnas.synthesis.plots import save_loss_curves, save_sample_grid
+from dfnas.synthesis.resources import check_resources
 from dfnas.teachers.loader import load_teacher
 from dfnas.teachers.teacher import Teacher
 
@@ -58,6 +59,7 @@ OUTPUT_FILES = ("samples.png", "loss_curves.png")
 # settings that change only logs or pictures, never the data: left out of the config hash
 _NOT_HASHED = ("log_every", "grid_per_class", "plots")
 _TEACHER_NOT_HASHED = ("weights", "download", "factory_loads_weights")
+GRID_MAX_ROWS = 16  # classes shown in samples.png
 
 
 def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMethod) -> SynthesisConfig:
@@ -129,14 +131,22 @@ def _prepare_dir(out: Path, chash: str, overwrite: bool, main: bool = True,
     return None
 
 
-def _parent_targets(out: Path, round_idx: int, expected: int, temperature: float) -> torch.Tensor:
-    """Soft targets softmax(logits / T) (N, K) of round ``round_idx`` from its stored shards, in image order."""
-    parts = [read_shard(p) for r, _, p in list_shards(out) if r == round_idx]
-    n = sum(len(p["logits"]) for p in parts)
-    if n != expected:
-        raise DataError(f"round {round_idx} of {str(out)!r} has {n} of {expected} images on disk; with several "
-                        "ranks, every rank must finish a round before the next one starts (pass barrier=)")
-    logits = torch.from_numpy(np.concatenate([p["logits"] for p in parts]))
+def _parent_targets(out: Path, round_idx: int, shard_idx: int, expected: int, batch_size: int,
+                    temperature: float) -> torch.Tensor:
+    """Soft targets softmax(logits / T) of the images of shard ``shard_idx`` of round ``round_idx + 1``: their
+    parents, the same positions of round ``round_idx``, are exactly shard ``shard_idx`` of that round (same
+    batch size; a round never has more images than the one before). One shard's logits at a time, so memory
+    does not grow with the dataset (a round of 1,000-class logits is 4 KB per image)."""
+    have = {s: p for r, s, p in list_shards(out) if r == round_idx}
+    n_shards = -(-expected // batch_size)
+    if len(have) != n_shards or shard_idx not in have:
+        raise DataError(f"round {round_idx} of {str(out)!r} has {len(have)} of {n_shards} shards on disk; with "
+                        "several ranks, every rank must finish a round before the next one starts (pass barrier=)")
+    count = min(batch_size, expected - shard_idx * batch_size)
+    logits = torch.from_numpy(read_shard(have[shard_idx], ("logits",))["logits"])
+    if len(logits) < count:
+        raise DataError(f"shard {str(have[shard_idx])!r} holds {len(logits)} images, expected {count}; rerun the "
+                        "same command to make it again")
     return torch.softmax(logits.double() / temperature, dim=1).float()
 
 
@@ -204,7 +214,7 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
     if not (existing is None and rank == 0):
         method.prepare(cfg, teacher)
     if rank == 0:
-        _check_resources(cfg, teacher, out, progress)
+        check_resources(cfg, teacher, out, progress)
 
     per_round, shards = cfg.images_per_round(), cfg.shards_per_round()
     done = {(r, s) for r, s, _ in list_shards(out)}
@@ -242,9 +252,9 @@ def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = 
             for r in range(cfg.rounds):
                 todo_r = sorted(s for rr, s in todo if rr == r)
                 if todo_r:
-                    parents = None if r == 0 else _parent_targets(out, r - 1, per_round[r - 1],
-                                                                  cfg.calibration_temperature)
                     for s in todo_r:
+                        parents = None if r == 0 else _parent_targets(out, r - 1, s, per_round[r - 1],
+                                                                      cfg.batch_size, cfg.calibration_temperature)
                         rec = _make_shard(method, cfg, teacher, device, out, r, s, per_round[r], parents, logger,
                                           bar)
                         method.after_shard(out, rank, mine.index((r, s)) + 1)
@@ -287,49 +297,16 @@ def _stale_derived(out: Path, cfg: SynthesisConfig, r: int, s: int, old: dict[st
     return [nxt] if shard_path(out, *nxt).is_file() else []
 
 
-def estimate_resources(cfg: SynthesisConfig, teacher: Teacher) -> dict[str, float]:
-    """Disk the dataset needs and the peak memory of one shard (bytes): shards are streamed to disk, so memory
-    does not grow with ``num_images``."""
-    c, k = teacher.spec.in_channels, teacher.num_classes
-    canvas = int(cfg.canvas_size or teacher.spec.input_size)
-    per_image_disk = c * canvas * canvas + 2 * 4 * k + 2  # uint8 canvas, float32 targets + logits, int16 round
-    n_params = sum(p.numel() for p in teacher.parameters()) + sum(b.numel() for b in teacher.buffers())
-    # activations of one forward + backward at the batch size, roughly 8 float32 feature maps per BN layer of
-    # the input size (upper bound for CIFAR-style nets), plus canvases, moments and the teacher itself
-    n_bn = max(1, len(teacher.batchnorms()))
-    s = teacher.spec.input_size
-    act = cfg.batch_size * n_bn * 8 * 16 * s * s * 4
-    return {"disk_bytes": float(cfg.num_images * per_image_disk),
-            "peak_memory_bytes": float(act + 4 * cfg.batch_size * c * canvas * canvas * 4 + 4 * n_params)}
-
-
-def _check_resources(cfg: SynthesisConfig, teacher: Teacher, out: Path, progress: bool) -> None:
-    """Print the estimate before work starts; refuse when the disk cannot hold the dataset."""
-    import shutil
-
-    est = estimate_resources(cfg, teacher)
-    free = shutil.disk_usage(out).free
-    if est["disk_bytes"] > free:
-        raise DfnasError(f"synthesis of {cfg.num_images:,} images needs about {est['disk_bytes'] / 2**20:,.0f} MiB "
-                         f"in {str(out)!r}, which has {free / 2**20:,.0f} MiB free; lower num_images or choose another "
-                         "--out (no shard was written)")
-    if progress:
-        import sys
-
-        print(f"synthesis: {cfg.num_images:,} images ({cfg.method}, {cfg.rounds} round(s), batch {cfg.batch_size}); "
-              f"about {est['disk_bytes'] / 2**20:,.0f} MiB on disk, peak memory about "
-              f"{est['peak_memory_bytes'] / 2**20:,.0f} MiB (shards are streamed to disk)", file=sys.stderr)
-
-
 def _make_shard(method: SynthesisMethod, cfg: SynthesisConfig, teacher: Teacher, device: torch.device, out: Path,
                 r: int, s: int, n_round: int, parents: torch.Tensor | None, logger: MetricLogger,
                 bar: Any) -> dict[str, Any]:
-    """Produce and atomically write shard (r, s); nothing is written when anything fails. Returns its manifest
-    record (image count, SHA-256)."""
+    """Produce and atomically write shard (r, s); nothing is written when anything fails. ``parents``: the soft
+    targets of this shard's parent shard (r-1, s) (None in round 0). Returns its manifest record (image count,
+    SHA-256)."""
     t0 = time.perf_counter()
     start = s * cfg.batch_size
     count = min(cfg.batch_size, n_round - start)
-    job = ShardJob(r, s, start, count, None if parents is None else parents[start:start + count])
+    job = ShardJob(r, s, start, count, None if parents is None else parents[:count])
 
     def on_log(rec: StepRecord) -> None:
         logger.log({"round": r, "shard": s, "step": rec.step, "lr": rec.lr, "loss": rec.total,
@@ -362,30 +339,25 @@ def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], 
     if any((r, s) not in have for r in range(cfg.rounds) for s in range(shards[r])):
         return False  # other ranks are still working; running rank 0 again finalizes
     order = [have[(r, s)] for r in range(cfg.rounds) for s in range(shards[r])]
-    # labels and logits of every shard, images only of the first shards (the sample grid): bounded memory
+    # one label, agreement flag and round per image, read shard by shard (each shard's targets and logits are
+    # dropped once reduced: with 1,000 classes they are 8 KB per image); images only of the first shards (the
+    # sample grid): bounded memory
     per_round_n, records = cfg.images_per_round(), dict(manifest.get("shards") or {})
     parts = []
     for r in range(cfg.rounds):
         for s in range(shards[r]):
             count, name = min(cfg.batch_size, per_round_n[r] - s * cfg.batch_size), have[(r, s)].name
-            parts.append(load_checked_shard(out, r, s, count, None, ("targets", "logits", "rounds")))
+            part = load_checked_shard(out, r, s, count, None, ("targets", "logits", "rounds"))
+            label = part["targets"].argmax(1)
+            parts.append({"labels": label, "agree": part["logits"].argmax(1) == label, "rounds": part["rounds"]})
             if name not in (fresh or set()):  # made by another rank, or checked when this invocation started
                 records[name] = shard_record(have[(r, s)], count)
-    targets = np.concatenate([p["targets"] for p in parts])
-    logits = np.concatenate([p["logits"] for p in parts])
     rounds = np.concatenate([p["rounds"] for p in parts])
-    labels = torch.from_numpy(targets.argmax(1))
-    agree = logits.argmax(1) == targets.argmax(1)
+    labels = torch.from_numpy(np.concatenate([p["labels"] for p in parts]))
+    agree = np.concatenate([p["agree"] for p in parts])
     if cfg.plots:
-        k = len(manifest["class_names"])
-        grid_imgs, grid_labels = [], []
-        for p, part in zip(order, parts, strict=True):
-            grid_imgs.append(torch.from_numpy(read_shard(p, ("images",))["images"]).permute(0, 3, 1, 2))
-            grid_labels.append(torch.from_numpy(part["targets"].argmax(1)))
-            if bool((torch.cat(grid_labels).bincount(minlength=k) >= cfg.grid_per_class).all()):
-                break
-        save_sample_grid(torch.cat(grid_imgs), torch.cat(grid_labels), list(manifest["class_names"]),
-                         out / "samples.png", cfg.grid_per_class)
+        _draw_grid(order, [p["labels"] for p in parts], list(manifest["class_names"]), cfg.grid_per_class,
+                   out / "samples.png")
         save_loss_curves(sorted(out.glob("synthesis_log*.jsonl")), out / "loss_curves.png")
     manifest = dict(manifest)
     manifest["complete"] = True
@@ -406,3 +378,46 @@ def finalize_dataset(out: Path, cfg: SynthesisConfig, manifest: dict[str, Any], 
     }
     atomic_write_json(out / MANIFEST, manifest)
     return True
+
+
+def _grid_sample(paths: list[Path], labels: list[np.ndarray], class_names: list[str], per_class: int,
+                 max_rows: int = GRID_MAX_ROWS) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The sample grid's images (N, C, H, W) uint8, their rows and the row names: the first ``per_class`` images
+    of each shown class, read only from the shards (``paths``, labels per shard) holding them, so memory is
+    bounded by the grid whatever the dataset's size. Up to ``max_rows`` classes are shown: all of them when they
+    fit (CIFAR), else the first classes to appear (a 1,000-row grid of 280 px tiles would take gigabytes)."""
+    flat = np.concatenate(labels)
+    present, first = np.unique(flat, return_index=True)
+    shown = list(range(len(class_names))) if len(class_names) <= max_rows else \
+        [int(c) for c in present[np.argsort(first)][:max_rows]]
+    row_of = {c: i for i, c in enumerate(shown)}
+    picked = np.sort(np.concatenate([np.flatnonzero(flat == c)[:per_class] for c in shown] or [np.zeros(0, int)]))
+    imgs, rows, start = [], [], 0
+    for path, lab in zip(paths, labels, strict=True):
+        local = picked[(picked >= start) & (picked < start + len(lab))] - start
+        if len(local):
+            imgs.append(torch.from_numpy(read_shard(path, ("images",))["images"][local]).permute(0, 3, 1, 2))
+            rows.extend(row_of[int(c)] for c in lab[local])
+        start += len(lab)
+    if not imgs:  # no image at all: an empty grid (grey rows) of the right tile size
+        first_img = read_shard(paths[0], ("images",))["images"][:0]
+        imgs.append(torch.from_numpy(first_img).permute(0, 3, 1, 2))
+    return torch.cat(imgs), torch.tensor(rows, dtype=torch.long), [class_names[c] for c in shown]
+
+
+def _draw_grid(paths: list[Path], labels: list[np.ndarray], class_names: list[str], per_class: int,
+               path: Path) -> Path:
+    """Save the sample grid of the shards ``paths`` (their labels given) to ``path``."""
+    imgs, rows, names = _grid_sample(paths, labels, class_names, per_class)
+    # 2x zoom for CIFAR-sized canvases; ImageNet-sized ones are large enough as they are
+    return save_sample_grid(imgs, rows, names, path, per_class, scale=2 if imgs.shape[-1] <= 64 else 1)
+
+
+def save_dataset_grid(out: str | Path, path: str | Path, per_class: int = 8) -> Path:
+    """The sample grid of the dataset in ``out`` saved to ``path``, reading the shards one at a time (labels)
+    and only the grid's images: bounded memory for any dataset size and class count."""
+    out = Path(out)
+    paths = [p for _r, _s, p in list_shards(out)]
+    labels = [read_shard(p, ("targets",))["targets"].argmax(1) for p in paths]
+    return _draw_grid(paths, labels, list(read_manifest(out)["class_names"]), per_class, Path(path))
+
