@@ -44,17 +44,10 @@ from dfnas.search.zerocost import ZeroCostConfig
 from dfnas.spaces.archfile import nb201_ground_truth, write_arch_files
 from dfnas.spaces.base import Arch, Space, SpaceConfig, space_from_config
 
-# CPU-sized settings per space, used unless the configuration sets them (num_classes / input_size come
-# from the dataset unless set). The papers' sizes are larger: nb201 C=16 N=5; darts C=16 layers=8.
-SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "nb201": {"C": 8, "N": 1},
-    "darts": {"C": 8, "layers": 5},
-    "proxyless": {"width_mult": 0.35, "layers_per_stage": 2},
-    "spos": {"width_mult": 0.25, "layers": [1, 1, 2, 1]},
-}
-# CPU default epochs per method, chosen so that a search on 5,000 images (held_out 0.5, batch 64, nb201 C=8
-# N=1, 32 px) finishes within 30 minutes on 2 shared CPU cores; see benchmarks/results/search_speed.md.
-DEFAULT_EPOCHS: dict[str, int] = {"darts": 10, "proxyless": 30, "spos": 80}
+# Defaults live beside what they configure: a method's CPU epochs in its class (``default_epochs``), a space's
+# CPU size in its class (``cpu_defaults``). This summary of the methods that set their own epochs is read-only.
+DEFAULT_EPOCHS: dict[str, int] = {n: get_method_cls(n).default_epochs for n in SEARCH_METHODS.names()
+                                  if "default_epochs" in vars(get_method_cls(n))}
 
 
 @dataclass
@@ -62,8 +55,8 @@ class SearchConfig:
     """Everything a search needs; ``from_dict(SearchConfig, {...})`` rejects unknown keys."""
 
     method: str = "darts"  # darts | proxyless | spos | zerocost (or a proxy name: naswot, synflow ...)
-    space: SpaceConfig = field(default_factory=SpaceConfig)  # name + options (see SPACE_DEFAULTS)
-    epochs: int | None = None  # None: the method's CPU default (DEFAULT_EPOCHS)
+    space: SpaceConfig = field(default_factory=SpaceConfig)  # name + options (over the space's cpu_defaults)
+    epochs: int | None = None  # None: the method's CPU default (its class's default_epochs)
     batch_size: int = 64
     lr: float = 0.025  # SGD on network weights, cosine to lr_min per step (DARTS: 0.025 -> 0.001)
     lr_min: float = 0.001
@@ -96,7 +89,9 @@ class SearchConfig:
         self.loop().check()
 
     def resolved_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS.get(self.method, 10)
+        if self.epochs is not None:
+            return self.epochs
+        return get_method_cls(self.method).default_epochs if self.method in SEARCH_METHODS else 10
 
     def loop(self) -> LoopConfig:
         return LoopConfig(epochs=self.resolved_epochs(), batch_size=self.batch_size, lr=self.lr, lr_min=self.lr_min,
@@ -139,8 +134,8 @@ def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = No
     """Build the space: CPU defaults < configured options; class count, input size and image channels from
     ``ds`` (or, without a dataset, from the keywords, e.g. the teacher's) where the options leave them unset."""
     sc = space_cfg if isinstance(space_cfg, SpaceConfig) else from_dict(SpaceConfig, dict(space_cfg), "space")
-    return space_from_config(sc, ds, defaults=SPACE_DEFAULTS.get(sc.name), num_classes=num_classes,
-                             input_size=input_size, in_channels=in_channels)
+    return space_from_config(sc, ds, cpu_defaults=True, num_classes=num_classes, input_size=input_size,
+                             in_channels=in_channels)
 
 
 @dataclass

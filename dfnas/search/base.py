@@ -42,6 +42,9 @@ class SearchMethod:
     needs_held_out: ClassVar[bool] = False  # True: the method cannot run without a held-out split
     training_free: ClassVar[bool] = False  # True: no supernet training; run_search calls search_without_training
     options_field: ClassVar[str | None] = None  # SearchConfig block with the options (None: the method's name)
+    # supernet training epochs when the configuration sets none (CPU-sized: a search on 5,000 images, held_out
+    # 0.5, batch 64, nb201 C=8 N=1, finishes within 30 minutes on 2 shared cores; benchmarks/results/search_speed.md)
+    default_epochs: ClassVar[int] = 10
 
     def __init__(self, space: Space, options: Any, generator: torch.Generator, device: torch.device) -> None:
         self.space = space

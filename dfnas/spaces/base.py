@@ -22,7 +22,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -164,6 +164,9 @@ class Space(ABC):
     """A search space: its decisions, supernet, plain-network builder and string format."""
 
     name: str = ""
+    # CPU-sized settings a search uses unless its configuration sets them (``space_from_config(...,
+    # cpu_defaults=True)``); the constructor's defaults are the papers' sizes
+    cpu_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, in_channels: int = 3, **kwargs: Any) -> None:
         self.num_classes = num_classes
@@ -359,13 +362,14 @@ class SpaceConfig:
 
 
 def space_from_config(settings: Space | SpaceConfig | Mapping[str, Any], ds: Any = None, *,
-                      defaults: Mapping[str, Any] | None = None, num_classes: int | None = None,
+                      cpu_defaults: bool = False, num_classes: int | None = None,
                       input_size: int | None = None, in_channels: int | None = None) -> Space:
     """The one way from saved or configured space settings to a ``Space``.
 
     ``settings`` is a Space (returned as is), a ``SpaceConfig`` or ``{"name", "options"}`` mapping (a search
     configuration), or ``Space.config()`` output (``{"name", "C", ...}`` as arch.json records it). Options
-    are ``defaults`` < the given settings; the class count, input size and image channels come from ``ds``
+    are the space's ``cpu_defaults`` (only when asked: a search) < the given settings; the class count, input
+    size and image channels come from ``ds``
     (an ``ImageSet``), else from the keywords, wherever the settings leave them unset.
     """
     import dfnas.spaces  # noqa: F401  (registers every space)
@@ -382,7 +386,8 @@ def space_from_config(settings: Space | SpaceConfig | Mapping[str, Any], ds: Any
         name, opts = str(settings["name"]), {k: v for k, v in settings.items() if k != "name"}
     else:
         raise ConfigError(f"space settings must name the space, got {settings!r}")
-    opts = {**(defaults or {}), **opts}
+    if cpu_defaults:
+        opts = {**get_space_cls(name).cpu_defaults, **opts}
     if ds is not None:
         num_classes, input_size, in_channels = ds.num_classes, ds.input_size, ds.in_channels
     for key, value in (("num_classes", num_classes), ("input_size", input_size), ("in_channels", in_channels)):

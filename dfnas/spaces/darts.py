@@ -255,6 +255,7 @@ class DartsSpace(Space):
     """DARTS cell space: normal and reduction cell genotypes, 2 inputs per node out of 8 ops."""
 
     name = "darts"
+    cpu_defaults = {"C": 8, "layers": 5}  # the paper's search size is C=16 layers=8
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, layers: int = 5,
                  pool_bn: bool = True, affine: bool = True, in_channels: int = 3) -> None:

@@ -109,6 +109,7 @@ class NB201Space(Space):
     """NAS-Bench-201 topology space: 5**6 = 15,625 cells."""
 
     name = "nb201"
+    cpu_defaults = {"C": 8, "N": 1}  # the benchmark's size is C=16 N=5
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, N: int = 5,
                  in_channels: int = 3) -> None:

@@ -112,6 +112,7 @@ class ProxylessSpace(ChainSpace):
 
     name = "proxyless"
     ops = (*MB_OPS, ZERO)
+    cpu_defaults = {"width_mult": 0.35, "layers_per_stage": 2}
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, width_mult: float = 0.5,
                  layers_per_stage: int | Sequence[int] = 2, head_width: int | None = None,

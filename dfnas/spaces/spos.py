@@ -102,6 +102,7 @@ class SposSpace(ChainSpace):
 
     name = "spos"
     ops = tuple(OPS)
+    cpu_defaults = {"width_mult": 0.25, "layers": [1, 1, 2, 1]}
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, width_mult: float = 0.25,
                  layers: Sequence[int] = (2, 2, 2, 2), head_width: int | None = None,

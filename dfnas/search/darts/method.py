@@ -56,6 +56,7 @@ class DartsMethod(AlphaMethod):
     name = "darts"
     config_cls = DartsConfig
     needs_held_out = True
+    default_epochs = 10
 
     def setup(self, ctx: LoopContext) -> None:
         o: DartsConfig = self.options

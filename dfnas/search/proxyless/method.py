@@ -73,6 +73,7 @@ class ProxylessMethod(AlphaMethod):
     name = "proxyless"
     config_cls = ProxylessConfig
     needs_held_out = True
+    default_epochs = 30
 
     def setup(self, ctx: LoopContext) -> None:
         o: ProxylessConfig = self.options

@@ -53,6 +53,7 @@ class SposMethod(SearchMethod):
     name = "spos"
     config_cls = SposConfig
     needs_held_out = True  # candidates are scored on the held-out split
+    default_epochs = 80  # supernet epochs; the evolution runs after them
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
