@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -241,3 +242,65 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r}: expected a mapping at top level")
     return data
+
+
+def expand_shorthands(overrides: list[str], sections: tuple[str, ...] = ()) -> list[str]:
+    """``SECTION.KEY=V`` -> ``SECTION.options.KEY=V`` for each of ``sections`` (space settings: ``space.C=16``
+    or ``search.space.C=16``), unless KEY is ``name`` or ``options`` itself; other overrides unchanged."""
+    out = []
+    for ov in overrides:
+        key, sep, val = ov.partition("=")
+        key = key.strip()
+        for section in sections:
+            rest = key[len(section) + 1:] if key.startswith(section + ".") else ""
+            if rest and rest.split(".", 1)[0] not in ("name", "options"):
+                key = f"{section}.options.{rest}"
+                break
+        out.append(f"{key}{sep}{val}")
+    return out
+
+
+def set_values(data: dict[str, Any], values: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """A copy of ``data`` with dotted ``values`` (key -> value, taken as is, not parsed) set; None values are
+    skipped (a command-line flag left unset keeps the lower layers' value)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for key, value in values.items():
+        if value is None:
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {part!r} must be a mapping to set {key}")
+        node[parts[-1]] = value
+    return out
+
+
+def merge_layers(cls: Any, base: Mapping[str, Any] | None = None, overrides: list[str] | None = None,
+                 flags: Mapping[str, Any] | None = None, *, sections: tuple[str, ...] = (),
+                 where: str = "config") -> dict[str, Any]:
+    """The configuration layers of every command, in the one order of precedence:
+
+        preset < config file  (``base``: the caller merges the two, a file's keys over the preset's)
+               < ``--set KEY=VALUE`` overrides (values parsed as YAML; ``sections`` take the space shorthand)
+               < explicit flags (``flags``: dotted key -> value, taken as is; None = flag not given)
+
+    The override keys are checked against dataclass ``cls`` (a typo names its ``--set`` argument); the result
+    is the merged mapping, for ``from_dict(cls, ...)``.
+    """
+    given = list(overrides or [])
+    expanded = expand_shorthands(given, sections)
+    check_override_keys(cls, expanded, shown=given)
+    return set_values(apply_overrides(dict(base or {}), expanded), dict(flags or {}), where)
+
+
+def build_config(cls: type[C], base: Mapping[str, Any] | None = None, overrides: list[str] | None = None,
+                 flags: Mapping[str, Any] | None = None, *, sections: tuple[str, ...] = (),
+                 where: str = "config") -> C:
+    """``from_dict(cls, merge_layers(...))``: a typed config from preset/file < ``--set`` < flags."""
+    return from_dict(cls, merge_layers(cls, base, overrides, flags, sections=sections, where=where), where)

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from dfnas.config import apply_overrides, check_override_keys, from_dict, load_yaml, to_dict
+from dfnas.config import from_dict, load_yaml, merge_layers, to_dict
 from dfnas.errors import ConfigError
 from dfnas.io import config_hash
 from dfnas.search.api import SearchConfig
@@ -146,18 +146,6 @@ def resolve_preset(preset: str | Path) -> Path:
     return cand
 
 
-def _expand_space_shorthand(overrides: list[str]) -> list[str]:
-    """``search.space.C=16`` -> ``search.space.options.C=16`` (and the same under ``export.space``)."""
-    out = []
-    for ov in overrides:
-        key, sep, val = ov.partition("=")
-        parts = key.strip().split(".")
-        if len(parts) == 3 and parts[:2] == ["search", "space"] and parts[2] not in ("name", "options"):
-            key = f"search.space.options.{parts[2]}"
-        out.append(f"{key}{sep}{val}")
-    return out
-
-
 def _propagate(data: dict[str, Any]) -> dict[str, Any]:
     """Top-level seed into every section that does not set its own."""
     seed = data.get("seed", 0)
@@ -171,19 +159,9 @@ def _propagate(data: dict[str, Any]) -> dict[str, Any]:
 
 def build_run_config(data: dict[str, Any], overrides: list[str] | None = None, where: str = "run config",
                      values: dict[str, Any] | None = None) -> RunConfig:
-    """RunConfig from a preset mapping, ``KEY=VALUE`` overrides, then ``values`` (dotted key -> value, taken
-    as is rather than parsed as YAML: file paths and names from command-line flags)."""
-    expanded = _expand_space_shorthand(list(overrides or []))
-    check_override_keys(RunConfig, expanded, shown=list(overrides or []))  # a typo names its --set argument
-    merged = apply_overrides(data, expanded)
-    for key, value in (values or {}).items():
-        node = merged
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{where}: {part!r} must be a mapping to set {key}")
-        node[parts[-1]] = value
+    """RunConfig from a preset mapping < ``KEY=VALUE`` overrides < ``values`` (dotted key -> value, taken as
+    is rather than parsed as YAML: file paths and names from command-line flags); see ``merge_layers``."""
+    merged = merge_layers(RunConfig, data, overrides, values, sections=("search.space",), where=where)
     return from_dict(RunConfig, _propagate(merged), where=where)
 
 

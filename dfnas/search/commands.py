@@ -9,30 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dfnas.config import apply_overrides, check_override_keys, from_dict, load_yaml
+from dfnas.config import build_config, load_yaml
 from dfnas.errors import DfnasError
 from dfnas.search.api import SearchConfig, SearchResult, run_search
 from dfnas.spaces.archfile import parse_arch_string, read_arch_file
-
-_SPACE_FIELDS = ("name", "options")
-
-
-def _space_overrides(overrides: list[str], nested: bool) -> tuple[list[str], list[str]]:
-    """Split overrides into (space settings, the rest). ``space.C=16`` is shorthand for
-    ``space.options.C=16`` when ``nested``; returned space overrides are relative to the settings."""
-    space, rest = [], []
-    for ov in overrides:
-        key = ov.split("=", 1)[0].strip()
-        if key.startswith("space."):
-            sub = ov[len("space."):].lstrip()
-            field_name = sub.split("=", 1)[0].split(".", 1)[0]
-            if nested and field_name in _SPACE_FIELDS:
-                rest.append(ov)
-            else:
-                space.append(sub)
-        else:
-            rest.append(ov)
-    return space, rest
 
 
 def online_teacher(data: str | Path, teacher: str | None, weights: str | None,
@@ -47,31 +27,32 @@ def online_teacher(data: str | Path, teacher: str | None, weights: str | None,
     return teacher_for_dataset(data, teacher, weights, settings)
 
 
+def search_config(*, method: str | None = None, space: str | None = None, epochs: int | None = None,
+                  overrides: list[str] | None = None, config: str | Path | None = None, seed: int | None = None,
+                  device: str | None = None) -> SearchConfig:
+    """``dfnas search``'s configuration: config file < ``--set`` overrides < flags (``dfnas.config.merge_layers``).
+
+    ``--set space.C=16`` is short for ``space.options.C=16``; ``--space`` naming another space than the config
+    file drops the file's options of that space.
+    """
+    base: dict[str, Any] = load_yaml(config) if config else {}
+    if space is not None and isinstance(base.get("space"), dict) and base["space"].get("name") not in (None, space):
+        base["space"] = {}  # options of another space do not apply
+    flags = {"method": method, "epochs": epochs, "seed": seed, "device": device, "space.name": space}
+    return build_config(SearchConfig, base, overrides, flags, sections=("space",), where="search")
+
+
 def search_command(out: str | Path, data: str | Path, *, method: str | None = None, space: str | None = None,
                    epochs: int | None = None, overrides: list[str] | None = None, config: str | Path | None = None,
                    seed: int | None = None, device: str | None = None, teacher: str | None = None,
                    table: str | Path | None = None, progress: bool = True, weights: str | None = None,
                    teacher_settings: list[str] | None = None) -> SearchResult:
-    """``dfnas search``: config file < flags < ``--set`` overrides, then ``run_search``.
+    """``dfnas search``: ``search_config`` (config file < ``--set`` < flags), then ``run_search``.
 
     ``teacher`` (online distillation) is completed from the dataset's manifest; see ``online_teacher``.
     """
-    base: dict[str, Any] = load_yaml(config) if config else {}
-    for key, val in (("method", method), ("epochs", epochs), ("seed", seed), ("device", device)):
-        if val is not None:
-            base[key] = val
-    if space is not None:
-        base.setdefault("space", {})
-        if base["space"].get("name") not in (None, space):
-            base["space"] = {}  # options of another space do not apply
-        base["space"]["name"] = space
-    space_ovs, rest = _space_overrides(list(overrides or []), nested=True)
-    check_override_keys(SearchConfig, rest)
-    data_cfg = apply_overrides(base, rest)
-    if space_ovs:
-        data_cfg.setdefault("space", {})
-        data_cfg["space"]["options"] = apply_overrides(data_cfg["space"].get("options", {}) or {}, space_ovs)
-    cfg = from_dict(SearchConfig, data_cfg, "search")
+    cfg = search_config(method=method, space=space, epochs=epochs, overrides=overrides, config=config, seed=seed,
+                        device=device)
     tch = online_teacher(data, teacher, weights, teacher_settings)
     return run_search(cfg, data, out, device=None, progress=progress, table_path=table, teacher=tch)
 

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from dfnas.config import apply_overrides, from_dict
+from dfnas.config import build_config
 from dfnas.errors import ConfigError
 from dfnas.synthesis.generator import GeneratorConfig
 from dfnas.teachers.loader import TeacherConfig
@@ -150,23 +150,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_config(preset: str = "default", overrides: list[str] | None = None, **fields: Any) -> SynthesisConfig:
-    """Build a SynthesisConfig from a preset, ``key=value`` overrides and keyword fields (applied last).
+    """Build a SynthesisConfig: preset < ``key=value`` overrides < keyword fields (explicit flags; see
+    ``dfnas.config.merge_layers``).
 
-    Keyword fields that are None are ignored, so CLI flags left unset keep the preset's value.
+    Keyword fields that are None are ignored, so CLI flags left unset keep the preset's value; ``teacher_name``,
+    ``weights`` and ``allow_no_batchnorm`` set the ``teacher`` section's ``name``, ``weights`` and
+    ``allow_no_batchnorm``.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown synthesis preset {preset!r}; expected one of: {', '.join(sorted(PRESETS))}")
-    from dfnas.config import check_override_keys
-
-    check_override_keys(SynthesisConfig, list(overrides or []))  # a typo names its --set argument
-    data = apply_overrides(dict(PRESETS[preset]), list(overrides or []))
-    teacher_fields = {k: fields.pop(k) for k in ("teacher_name", "weights", "allow_no_batchnorm")
-                      if k in fields}
-    data.update({k: v for k, v in fields.items() if v is not None})
-    teacher = dict(data.get("teacher") or {})
-    for key, name in (("teacher_name", "name"), ("weights", "weights"), ("allow_no_batchnorm", "allow_no_batchnorm")):
-        if teacher_fields.get(key) is not None:
-            teacher[name] = teacher_fields[key]
-    if teacher:
-        data["teacher"] = teacher
-    return from_dict(SynthesisConfig, data, where="synthesis config")
+    teacher_keys = {"teacher_name": "teacher.name", "weights": "teacher.weights",
+                    "allow_no_batchnorm": "teacher.allow_no_batchnorm"}
+    flags = {teacher_keys.get(k, k): v for k, v in fields.items()}
+    return build_config(SynthesisConfig, PRESETS[preset], overrides, flags, where="synthesis config")

@@ -6,10 +6,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dfnas.config import apply_overrides, check_override_keys, from_dict, load_yaml
-from dfnas.search.commands import _space_overrides, online_teacher
+from dfnas.config import apply_overrides, build_config, load_yaml
+from dfnas.search.commands import online_teacher
 from dfnas.spaces.archfile import read_arch_or_string
+from dfnas.spaces.base import Arch
 from dfnas.train.api import TrainConfig, train_network
+
+
+def train_config(arch: str | Path, *, epochs: int | None = None, overrides: list[str] | None = None,
+                 config: str | Path | None = None, seed: int | None = None,
+                 device: str | None = None) -> tuple[TrainConfig, Arch, dict[str, Any]]:
+    """``dfnas train``'s (config, architecture, space settings).
+
+    The config: config file < ``--set`` overrides < flags (``dfnas.config.merge_layers``). The space settings:
+    the architecture file's, with ``--set space.KEY=VALUE`` overrides on top (e.g. ``space.C=16``).
+    """
+    a, space_cfg = read_arch_or_string(arch)
+    space_ovs, rest = [], []
+    for ov in overrides or []:
+        key = ov.split("=", 1)[0].strip()
+        if key.startswith("space."):
+            space_ovs.append(ov.lstrip()[len("space."):].lstrip())
+        else:
+            rest.append(ov)
+    base: dict[str, Any] = load_yaml(config) if config else {}
+    flags = {"epochs": epochs, "seed": seed, "device": device}
+    return build_config(TrainConfig, base, rest, flags, where="train"), a, apply_overrides(space_cfg, space_ovs)
 
 
 def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: str | Path | None = None,
@@ -17,16 +39,10 @@ def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: 
                   seed: int | None = None, device: str | None = None, teacher: str | None = None,
                   table: str | Path | None = None, progress: bool = True, weights: str | None = None,
                   teacher_settings: list[str] | None = None) -> dict[str, Any]:
-    """``dfnas train``: the arch file's space settings (``--set space.C=16`` overrides them) and a TrainConfig."""
-    a, space_cfg = read_arch_or_string(arch)
-    base: dict[str, Any] = load_yaml(config) if config else {}
-    for key, val in (("epochs", epochs), ("seed", seed), ("device", device)):
-        if val is not None:
-            base[key] = val
-    space_ovs, rest = _space_overrides(list(overrides or []), nested=False)
-    check_override_keys(TrainConfig, rest)
-    space_cfg = apply_overrides(space_cfg, space_ovs)
-    cfg = from_dict(TrainConfig, apply_overrides(base, rest), "train")
+    """``dfnas train``: ``train_config`` (the arch file's space settings and a TrainConfig), then
+    ``train_network``; ``teacher`` (online distillation) is completed from the dataset's manifest."""
+    cfg, a, space_cfg = train_config(arch, epochs=epochs, overrides=overrides, config=config, seed=seed,
+                                     device=device)
     tch = online_teacher(data, teacher, weights, teacher_settings)
     return train_network(cfg, a, space_cfg, data, out, test_data=test, progress=progress, teacher=tch,
                          table_path=table)
