@@ -28,7 +28,7 @@ from dfnas import distributed as D
 from dfnas.errors import DfnasError
 from dfnas.io import check_writable
 from dfnas.pipeline.config import RunConfig, load_run_config
-from dfnas.pipeline.rundir import STAGES, is_done, prepare_run_dir, read_marker, stage
+from dfnas.pipeline.rundir import STAGES, is_done, open_run_dir, read_marker, stage
 
 
 @dataclass
@@ -116,9 +116,9 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: bool = True, table_p
     ctx, device = D.init_distributed(cfg.device)
     log = _Log(progress and ctx.is_main)
     out_dir = Path(out)
-    _on_main(ctx, lambda: prepare_run_dir(out_dir, cfg))
+    _on_main(ctx, lambda: open_run_dir(out_dir, cfg))
     if not ctx.is_main:
-        prepare_run_dir(out_dir, cfg, write=False)
+        open_run_dir(out_dir, cfg, write=False)
     write = ctx.is_main
     needed = STAGES if stop_after is None else STAGES[:STAGES.index(stop_after) + 1]
     pending = [s for s in needed if not is_done(out_dir, s)]

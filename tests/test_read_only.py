@@ -17,7 +17,7 @@ from dfnas.cli import main
 from dfnas.errors import DfnasError
 from dfnas.io import MetricLogger, atomic_write_json
 from dfnas.pipeline.config import load_run_config
-from dfnas.pipeline.rundir import prepare_run_dir, read_marker
+from dfnas.pipeline.rundir import open_run_dir, read_marker
 from dfnas.run import run_pipeline
 
 needs_teacher = pytest.mark.skipif(asset_path("teachers", "resnet20-12fca82f.th") is None,
@@ -69,7 +69,7 @@ def test_a_real_read_only_directory_when_permissions_apply(tmp_path: Path) -> No
 
 
 def test_report_on_a_read_only_run_directory(tmp_path: Path, monkeypatch, capsys) -> None:
-    run = prepare_run_dir(tmp_path / "run", load_run_config("tiny"))
+    run = open_run_dir(tmp_path / "run", load_run_config("tiny"))
     _read_only(monkeypatch, run)
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err

@@ -236,7 +236,7 @@ def test_a_run_resumes_however_its_directory_is_spelled_or_wherever_it_moved(tmp
 
 
 def test_a_search_dir_recorded_with_another_path_to_the_same_data_resumes(tmp_path):
-    from dfnas.search.rundir import prepare_run_dir
+    from dfnas.rundir import prepare_run_dir
 
     ident = {"kind": "search", "seed": 0, "dataset": {"source": "runR/data", "fingerprint": "abc", "n": 8}}
     out, h = prepare_run_dir(tmp_path / "s", ident, {})

@@ -8,7 +8,7 @@ import pytest
 
 from dfnas.errors import ConfigError, DfnasError
 from dfnas.pipeline.config import build_run_config, list_presets, load_run_config
-from dfnas.pipeline.rundir import is_done, prepare_run_dir, read_marker, stage
+from dfnas.pipeline.rundir import is_done, open_run_dir, read_marker, stage
 
 
 def test_bundled_presets_load():
@@ -94,13 +94,13 @@ def test_identity_ignores_device_and_report_only():
 def test_run_dir_refuses_another_config_and_deletes_nothing(tmp_path):
     out = tmp_path / "run"
     cfg = load_run_config("tiny")
-    prepare_run_dir(out, cfg)
+    open_run_dir(out, cfg)
     (out / "data").mkdir()
     (out / "data" / "keep.txt").write_text("precious")
     before = (out / "config.json").read_text()
-    prepare_run_dir(out, cfg)  # same config: reopens
+    open_run_dir(out, cfg)  # same config: reopens
     with pytest.raises(DfnasError, match=r"different configuration \(search.epochs: 2 -> 5"):
-        prepare_run_dir(out, load_run_config("tiny", ["search.epochs=5"]))
+        open_run_dir(out, load_run_config("tiny", ["search.epochs=5"]))
     assert (out / "config.json").read_text() == before
     assert (out / "data" / "keep.txt").read_text() == "precious"
 
@@ -111,16 +111,16 @@ def test_run_dir_refuses_foreign_directories(tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("x")
     with pytest.raises(DfnasError, match="not empty and is not a `dfnas run` directory"):
-        prepare_run_dir(other, cfg)
+        open_run_dir(other, cfg)
     assert (other / "notes.txt").read_text() == "x" and not (other / "config.json").exists()
     search_dir = tmp_path / "search"
     search_dir.mkdir()
     (search_dir / "config.json").write_text(json.dumps({"config_hash": "abc", "identity": {}}))
     with pytest.raises(DfnasError, match="another kind of output"):
-        prepare_run_dir(search_dir, cfg)
+        open_run_dir(search_dir, cfg)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert prepare_run_dir(empty, cfg) == empty
+    assert open_run_dir(empty, cfg) == empty
 
 
 def test_stage_markers_record_attempts_and_time(tmp_path):

@@ -185,9 +185,9 @@ def _start_from_rank0(out_dir: Path, rank_dir: Path, ctx: D.DistContext) -> None
 def run_search_ddp(cfg: Any, data: Any, out: str | Path, device: torch.device, ctx: D.DistContext,
                    progress: bool = True, table_path: str | Path | None = None, teacher: Any = None) -> Any:
     """``run_search`` for a torchrun job (see the module docstring); returns a SearchResult on every rank."""
+    from dfnas.rundir import prepare_run_dir
     from dfnas.search.api import SearchResult, finish_search, prepare_search, run_search
     from dfnas.search.loop import run_loop
-    from dfnas.search.rundir import prepare_run_dir
 
     if not ctx.enabled:
         return run_search(cfg, data, out, device=device, progress=progress, table_path=table_path, teacher=teacher)

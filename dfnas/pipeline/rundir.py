@@ -16,45 +16,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dfnas.config import describe_differences, to_dict
+from dfnas.config import to_dict
 from dfnas.errors import DfnasError
-from dfnas.io import atomic_write_json, ensure_writable_dir, environment_info, read_json
+from dfnas.io import atomic_write_json, read_json
 from dfnas.pipeline.config import RunConfig
+from dfnas.rundir import prepare_run_dir
 
 RUN_KIND = "dfnas-run"
 STAGES = ("teacher", "synthesis", "search", "train", "export", "report")
 
 
-def prepare_run_dir(out: str | Path, cfg: RunConfig, write: bool = True) -> Path:
+def open_run_dir(out: str | Path, cfg: RunConfig, write: bool = True) -> Path:
     """Create or reopen ``out`` for ``cfg``; raise DfnasError (deleting nothing) when it holds anything else.
 
-    ``write=False`` only checks (ranks other than 0 in a distributed job).
+    ``write=False`` only checks (ranks other than 0 in a distributed job). The check is
+    ``dfnas.rundir.prepare_run_dir`` with ``kind="dfnas-run"``.
     """
-    out_dir = Path(out)
-    cfg_path = out_dir / "config.json"
-    h = cfg.identity_hash()
-    if cfg_path.is_file():
-        old = read_json(cfg_path, what="run configuration")
-        if not isinstance(old, dict) or old.get("kind") != RUN_KIND:
-            raise DfnasError(f"{str(out_dir)!r} holds another kind of output (its config.json is not a `dfnas run` "
-                             "configuration); choose another --out")
-        if old.get("config_hash") != h:
-            shown = describe_differences(old.get("identity", {}), cfg.identity())
-            raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}); rerun with "
-                             "the same preset and --set options to resume it, or choose another --out (nothing was "
-                             "changed)")
-        return out_dir
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DfnasError(f"output directory {str(out_dir)!r} exists and is not a directory")
-    if out_dir.is_dir():
-        leftovers = [p.name for p in out_dir.iterdir() if not p.name.startswith(".")]
-        if leftovers:
-            raise DfnasError(f"output directory {str(out_dir)!r} is not empty and is not a `dfnas run` directory "
-                             f"(found {sorted(leftovers)[:3]}); choose a new or empty --out (nothing was changed)")
-    if write:
-        ensure_writable_dir(out_dir)
-        atomic_write_json(cfg_path, {"kind": RUN_KIND, "config": to_dict(cfg), "identity": cfg.identity(),
-                                     "config_hash": h, "environment": environment_info()})
+    out_dir, _ = prepare_run_dir(out, cfg.identity(), {"config": to_dict(cfg)}, kind=RUN_KIND, write=write,
+                                 resume_hint="rerun with the same preset and --set options to resume it, or choose "
+                                             "another --out (nothing was changed)")
     return out_dir
 
 

@@ -26,6 +26,7 @@ from dfnas.data import ImageSet, open_dataset
 from dfnas.errors import ConfigError
 from dfnas.io import atomic_write_json
 from dfnas.repro import make_generator, resolve_device
+from dfnas.rundir import prepare_run_dir
 from dfnas.search.base import SEARCH_METHODS, build_method, get_method_cls
 from dfnas.search.darts import DartsConfig
 from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
@@ -34,7 +35,6 @@ from dfnas.search.proxyless import ProxylessConfig
 from dfnas.search.report import plot_progress
 from dfnas.search.rundir import (
     dataset_info,
-    prepare_run_dir,
     resolve_teacher,
     teacher_identity,
     with_label_mode,

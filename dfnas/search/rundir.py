@@ -1,8 +1,6 @@
-"""Run-directory bookkeeping shared by ``run_search`` and ``train_network``.
+"""What ``run_search`` and ``train_network`` record about their data and teacher (part of a run's identity).
 
-A run directory is identified by a hash of everything that changes its results (settings, space, data
-fingerprint, teacher). Rerunning the same command in the same directory resumes; a different
-configuration is refused with the list of settings that differ.
+The identity check itself (resume or refuse) is ``dfnas.rundir.prepare_run_dir``, shared with ``dfnas run``.
 """
 
 from __future__ import annotations
@@ -15,10 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfnas.config import describe_differences
 from dfnas.data.imageset import ImageSet
-from dfnas.errors import DataError, DfnasError
-from dfnas.io import atomic_write_json, config_hash, ensure_writable_dir, environment_info, read_json
+from dfnas.errors import DataError
 
 
 def fingerprint(ds: ImageSet) -> str:
@@ -87,50 +83,3 @@ def teacher_identity(teacher: Any) -> dict[str, Any] | None:
     if teacher is None:
         return None
     return spec.identity() if spec is not None else {"class": type(teacher).__name__}
-
-
-def prepare_run_dir(out: str | Path, identity: dict[str, Any], record: dict[str, Any]) -> tuple[Path, str]:
-    """Create ``out``, check it holds no run of another configuration, write ``config.json``; return
-    (directory, configuration hash)."""
-    out_dir = ensure_writable_dir(out)
-    identity = json_default_free(identity)
-    h = config_hash(identity)
-    cfg_path = out_dir / "config.json"
-    if cfg_path.exists():
-        old = read_json(cfg_path, what="run configuration")
-        if old.get("config_hash") != h and _same_data_elsewhere(old.get("identity", {}), identity):
-            return out_dir, str(old["config_hash"])  # the recorded hash: its checkpoints stay valid
-        if old.get("config_hash") != h:
-            shown = describe_differences(old.get("identity", {}), identity)
-            raise DfnasError(f"{str(out_dir)!r} holds a run with a different configuration ({shown}); rerun with the "
-                             "same settings to resume it, or choose another --out")
-        return out_dir, h
-    atomic_write_json(cfg_path, {**record, "identity": identity, "config_hash": h, "environment": environment_info()})
-    return out_dir, h
-
-
-def _same_data_elsewhere(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether two identities differ only in the dataset's path: its fingerprint (a hash of the images, targets
-    and logits) is the same, so the data is too (a run started before paths inside a run directory were
-    recorded relative to it, or data given by another path)."""
-    if not isinstance(old.get("dataset"), dict) or not isinstance(new.get("dataset"), dict):
-        return False
-    if not old["dataset"].get("fingerprint") or old["dataset"].get("fingerprint") != new["dataset"].get("fingerprint"):
-        return False
-
-    def sourceless(ident: dict[str, Any]) -> dict[str, Any]:
-        return {**ident, "dataset": {**ident["dataset"], "source": None}}
-
-    return sourceless(old) == sourceless(new)
-
-
-def json_default_free(obj: Any) -> Any:
-    """Tuples -> lists recursively (so identities compare equal after a JSON round trip)."""
-    if isinstance(obj, dict):
-        return {str(k): json_default_free(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_default_free(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-

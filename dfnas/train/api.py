@@ -23,12 +23,13 @@ from dfnas.data.imageset import iterate_batches
 from dfnas.errors import ConfigError
 from dfnas.io import atomic_torch_save, atomic_write_json
 from dfnas.repro import make_generator, resolve_device
+from dfnas.rundir import prepare_run_dir
 from dfnas.search.base import build_method
 from dfnas.search.fixed import FixedConfig
 from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
 from dfnas.search.report import plot_progress
-from dfnas.search.rundir import dataset_info, prepare_run_dir, resolve_teacher, teacher_identity, with_label_mode
+from dfnas.search.rundir import dataset_info, resolve_teacher, teacher_identity, with_label_mode
 from dfnas.spaces.archfile import nb201_ground_truth
 from dfnas.spaces.base import Arch, Space, SpaceConfig, space_from_config
 from dfnas.train.datafree import OnlineBank, OnlineConfig
