@@ -293,3 +293,26 @@ def test_draw_arch_writes_png(name: str, tmp_path) -> None:
     path = draw_arch(space, arch, tmp_path / f"{name}.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+@pytest.mark.parametrize("name", ["nb201", "darts"])
+def test_edge_labels_lie_outside_the_node_boxes(name: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dfnas.spaces.draw import LABEL_GID, NODE_GID, arch_figure
+
+    space = build_space(name, **TINY[name])
+    archs = [space.sample(torch.Generator().manual_seed(s)) for s in range(4)]
+    if name == "nb201":  # every edge labelled, the widest op names on the shortest hops
+        archs.append(space.parse("|nor_conv_3x3~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|"
+                                 "nor_conv_3x3~1|avg_pool_3x3~2|"))
+    for arch in archs:
+        fig = arch_figure(space, arch)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        nodes = [p.get_window_extent(renderer) for ax in fig.axes for p in ax.patches if p.get_gid() == NODE_GID]
+        labels = [t for ax in fig.axes for t in ax.texts if t.get_gid() == LABEL_GID]
+        assert nodes and labels
+        for text in labels:
+            box = text.get_window_extent(renderer)
+            assert not any(box.overlaps(n) for n in nodes), f"{text.get_text()!r} of {arch} lies on a node box"
