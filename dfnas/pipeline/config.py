@@ -110,7 +110,25 @@ class RunConfig:
         # where the weights live (or that a factory loads them itself) does not change them (sha256 is checked)
         for k in ("weights", "download", "factory_loads_weights"):
             d["teacher"].pop(k, None)
+        # settings added after runs existed, left out while they cannot change results, so older run
+        # directories still resume: the training-free block unless the search is training-free, the
+        # generator's original output layer
+        if not self._training_free():
+            d["search"].pop("zerocost", None)
+        gen = d["synthesis"].get("generator")
+        if isinstance(gen, dict) and gen.get("output") == "sigmoid":
+            gen.pop("output")
         return d
+
+    def _training_free(self) -> bool:
+        """Whether the search method trains no supernet (its options then live in ``search.zerocost``)."""
+        from dfnas.errors import ConfigError
+        from dfnas.search.base import get_method_cls
+
+        try:
+            return bool(get_method_cls(self.search.method).training_free)
+        except ConfigError:  # an unknown method is reported by the search stage itself
+            return False
 
     def identity_hash(self) -> str:
         """Short stable hash of ``identity()``."""
