@@ -7,9 +7,12 @@
 - Synthesis splits its shards across ranks (shard ``i`` of a round goes to rank ``i % world``) with a
   barrier between rounds, because round ``k+1`` reads the images of round ``k`` (see
   ``dfnas.pipeline.synthesis_stage``).
-- Supernet training wraps the supernet in ``DistributedDataParallel`` (``wrap_ddp``) and keeps every
-  random architecture decision identical on all ranks (``sync_generator`` / ``broadcast_object`` /
-  ``broadcast_tensors``), so each step's sampled path or architecture parameters agree everywhere.
+- Supernet training (``dfnas.search.distributed``) wraps the supernet in ``DistributedDataParallel``
+  (``wrap_ddp``) and keeps every random architecture decision identical on all ranks (``sync_generator`` /
+  ``broadcast_object`` / ``broadcast_tensors``), so each step's sampled path or architecture parameters agree.
+- ``process_group`` is what a command wraps its work in (``dfnas synthesize``, ``search``, ``train``): the
+  group torchrun describes, shut down at the end unless the caller had started it; ``on_main`` runs a step on
+  rank 0 and hands its result, or its error, to every rank.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import datetime
 import gc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,3 +248,36 @@ def main_first(ctx: DistContext | None = None) -> Iterator[bool]:
     finally:
         if ctx.is_main:
             barrier(ctx)
+
+
+@contextlib.contextmanager
+def process_group(device: str | torch.device | None = "auto") -> Iterator[tuple[DistContext, torch.device]]:
+    """``init_distributed`` for the body of a command; the group is shut down afterwards when this call
+    started it (a group the caller started, e.g. a test's, is left running)."""
+    started = not (dist.is_available() and dist.is_initialized())
+    ctx, dev = init_distributed(device)
+    try:
+        yield ctx, dev
+    finally:
+        if started and ctx.enabled:
+            shutdown()
+
+
+def on_main(ctx: DistContext, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and hand its result (or its error, as a DfnasError) to every rank."""
+    if not ctx.enabled:
+        return fn()
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except DfnasError as e:
+            error = str(e)
+        except Exception as e:  # other ranks must not wait forever for a rank 0 that crashed
+            error = f"{type(e).__name__}: {e}"
+            broadcast_object((None, error), ctx)
+            raise
+    result, error = broadcast_object((result, error), ctx)
+    if error is not None:
+        raise DfnasError(error)
+    return result

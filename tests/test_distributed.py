@@ -3,6 +3,8 @@
 - the batch-split DDP wrapper gives exactly the single-process full-batch gradient;
 - synthesis split over 2 ranks writes the same dataset as one process with the same seed;
 - DDP supernet search (SPOS, DARTS, ProxylessNAS) keeps parameters, sampled paths and alphas identical on every rank;
+- ``dfnas search`` (``search_command``) in a 2-rank job searches on both ranks and finds what the search stage of
+  ``dfnas run`` finds; ``dfnas train`` (``train_command``) trains on both ranks with identical parameters;
 - ``torchrun --nproc_per_node 2 dfnas run --preset tiny`` runs end to end (real teacher).
 """
 
@@ -57,6 +59,7 @@ def _all_worker(rank: int, world: int, out: str) -> None:
     """Every 2-process check in one job (starting processes is the slow part)."""
     _grad_worker(rank, world, out)
     _synth_worker(rank, world, str(Path(out) / "synthesis"))
+    _command_worker(rank, world, str(Path(out) / "synthesis"))
     for method in ("spos", "darts", "proxyless"):
         _search_worker(rank, world, str(Path(out) / method), method)
 
@@ -84,7 +87,7 @@ class _NoBN(nn.Module):
 
 
 def _grad_worker(rank: int, world: int, out: str) -> None:
-    from dfnas.pipeline.ddp_search import SplitBatchDDP
+    from dfnas.search.distributed import SplitBatchDDP
 
     g = torch.Generator().manual_seed(0)
     model = _NoBN()
@@ -170,15 +173,14 @@ def _toy_data():
 
 def _search_worker(rank: int, world: int, out: str, method: str) -> None:
     from dfnas.config import from_dict
-    from dfnas.pipeline.ddp_search import run_search_ddp
-    from dfnas.search import SearchConfig
+    from dfnas.search import SearchConfig, run_search
 
     cfg = from_dict(SearchConfig, {"method": method, "space": {"name": "nb201", "options": {"C": 4, "N": 1}},
                                    "epochs": 2, "batch_size": 7, "held_out": 0.5, "eval_max_batches": 1,
                                    "spos": {"population": 4, "top_k": 2, "generations": 2, "bn_batches": 1,
                                             "eval_batches": 1}})
-    res = run_search_ddp(cfg, _toy_data(), out, torch.device("cpu"), D.current(), progress=False)
-    # the found architecture is the same everywhere (run_search_ddp also checks this itself)
+    res = run_search(cfg, _toy_data(), out, device="cpu", progress=False)  # the ranks: the running group
+    # the found architecture is the same everywhere (run_search also checks this itself)
     archs = [None] * world
     dist.all_gather_object(archs, str(res.arch))
     assert len(set(archs)) == 1
@@ -202,7 +204,64 @@ def test_ddp_search_keeps_every_rank_identical(dist_job, method):
     assert not (out / ".ranks" / "rank1" / "result.json").exists()
 
 
-# -- 4. torchrun end to end --------------------------------------------------------------------------------
+# -- 4. the commands under torchrun ---------------------------------------------------------------------------
+
+COMMAND_SEARCH = {"method": "spos", "space": {"name": "nb201", "options": {"C": 4, "N": 1}}, "epochs": 2,
+                  "batch_size": 4, "held_out": 0.5, "eval_max_batches": 1,
+                  "spos": {"population": 4, "top_k": 2, "generations": 2, "bn_batches": 1, "eval_batches": 1}}
+
+
+def _command_worker(rank: int, world: int, out: str) -> None:
+    """On the 2-rank synthetic set: the run's search stage, then ``dfnas search`` and ``dfnas train`` as the CLI
+    calls them (the process group is the running one, as torchrun's would be)."""
+    import json
+
+    from dfnas.config import to_dict
+    from dfnas.pipeline.config import build_run_config
+    from dfnas.pipeline.stages import search_stage
+    from dfnas.search.commands import search_command
+    from dfnas.train.commands import train_command
+
+    root, data = Path(out), Path(out) / "two"
+    cfg = build_run_config({"seed": 3, "search": COMMAND_SEARCH})
+    info = search_stage(cfg, data, root / "search", torch.device("cpu"), D.current(), False, None, None)
+    (root / f"search_config{rank}.json").write_text(json.dumps(to_dict(cfg.search)))  # the stage's own settings
+    res = search_command(root / "cmd", data, config=root / f"search_config{rank}.json", device="cpu", progress=False)
+    assert dist.is_initialized()  # a group the caller started is left running
+    (root / f"archs{rank}.json").write_text(json.dumps({"stage": info["arch"], "command": str(res.arch)}))
+    r = train_command(root / "train", root / "cmd" / "arch.json", data, epochs=1, device="cpu", progress=False,
+                      overrides=["batch_size=4", "online.enabled=false", "seed=3"])
+    (root / f"train{rank}.json").write_text(json.dumps({"arch_str": r["arch_str"], "world_size": r["world_size"]}))
+
+
+def test_search_command_on_two_ranks_finds_the_run_stage_arch(dist_job):
+    import json
+
+    root = dist_job / "synthesis"
+    a0, a1 = (json.loads((root / f"archs{r}.json").read_text()) for r in (0, 1))
+    assert a0["command"] == a0["stage"] == a1["command"] == a1["stage"]
+    for d in (root / "search", root / "cmd"):
+        result = json.loads((d / "result.json").read_text())
+        assert result["world_size"] == 2 and result["arch_str"] == a0["command"]
+        assert json.loads((d / "config.json").read_text())["world_size"] == 2
+        assert (d / ".ranks" / "rank1" / "checkpoint.pt").is_file()
+
+
+def test_train_command_on_two_ranks_keeps_them_identical(dist_job):
+    import json
+
+    out = dist_job / "synthesis" / "train"
+    c0 = torch.load(out / "checkpoint.pt", weights_only=True)
+    c1 = torch.load(out / ".ranks" / "rank1" / "checkpoint.pt", weights_only=True)
+    assert c0["phase"] == c1["phase"] == "done" and c0["step"] == c1["step"] > 0
+    params = [k for k in c0["model"] if "running_" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(c0["model"][k], c1["model"][k]) for k in params)
+    t0, t1 = (json.loads((dist_job / "synthesis" / f"train{r}.json").read_text()) for r in (0, 1))
+    assert t0 == t1 and t0["world_size"] == 2
+    assert (out / "model.pt").is_file() and not (out / ".ranks" / "rank1" / "model.pt").exists()
+
+
+# -- 5. torchrun end to end --------------------------------------------------------------------------------
 
 @pytest.mark.integration
 @pytest.mark.skipif(asset_path("teachers", "resnet20-12fca82f.th") is None,

@@ -246,3 +246,14 @@ def test_a_search_dir_recorded_with_another_path_to_the_same_data_resumes(tmp_pa
     other = {**ident, "dataset": {**ident["dataset"], "source": "data", "fingerprint": "abd"}}
     with pytest.raises(DfnasError, match="dataset.fingerprint: 'abc' -> 'abd', dataset.source: 'runR/data' -> 'data'"):
         prepare_run_dir(tmp_path / "s", other, {})
+
+
+def test_the_stages_are_records_in_order_each_after_the_stages_it_reads():
+    from dfnas.pipeline.rundir import STAGES
+    from dfnas.pipeline.stages import STAGE_LIST
+
+    assert tuple(s.name for s in STAGE_LIST) == STAGES
+    for i, s in enumerate(STAGE_LIST):
+        assert set(s.needs) <= {t.name for t in STAGE_LIST[:i]}, s.name
+        assert s.writes and callable(s.run) and s.title(load_run_config("tiny"))
+    assert [s.name for s in STAGE_LIST if s.main_only] == ["train", "export", "report"]

@@ -262,10 +262,10 @@ def test_dataset_too_small_for_the_proxy_batch(tmp_path):
 
 def test_torchrun_search_refuses_a_training_free_method(tmp_path):
     from dfnas.distributed import DistContext
-    from dfnas.pipeline.ddp_search import run_search_ddp
 
     with pytest.raises(DfnasError, match="'naswot' is training-free.*without torchrun"):
-        run_search_ddp(_cfg(), tiny_set(), tmp_path / "s", torch.device("cpu"), DistContext(rank=0, world_size=2))
+        run_search(_cfg(), tiny_set(), tmp_path / "s", device="cpu", progress=False,
+                   dist=DistContext(rank=0, world_size=2))
 
 
 def test_network_the_proxy_cannot_score():

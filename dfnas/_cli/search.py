@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from dfnas._cli.teacher import add_teacher_flags, teacher_settings
 
@@ -18,6 +19,8 @@ def _search(args: argparse.Namespace) -> int:
                          overrides=args.set, config=args.config, seed=args.seed, device=args.device,
                          teacher=args.teacher, weights=args.weights, teacher_settings=teacher_settings(args),
                          table=args.nb201_table, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints
+        return 0
     r = res.result
     line = f"{r['method']} on {res.space.name}: {r['arch_str']}  ({r['macs'] / 1e6:.2f} M MACs, " \
            f"{r['params'] / 1e6:.3f} M params, {r['search_time_s']:.0f} s)"
@@ -35,6 +38,8 @@ def _train(args: argparse.Namespace) -> int:
                       config=args.config, seed=args.seed, device=args.device, teacher=args.teacher,
                       weights=args.weights, teacher_settings=teacher_settings(args), table=args.nb201_table,
                       progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     line = f"trained {r['arch_str']} in {r['train_time_s']:.0f} s"
     if r.get("online_synthesis"):
         line += f" (data-free: {r['images_made_online']:,} images synthesized online into the replay bank)"

@@ -21,14 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfnas import distributed as D
 from dfnas.config import from_dict, to_dict
 from dfnas.data import ImageSet, open_dataset
 from dfnas.errors import ConfigError
 from dfnas.io import atomic_write_json
 from dfnas.repro import make_generator, resolve_device
-from dfnas.rundir import prepare_run_dir
 from dfnas.search.base import SEARCH_METHODS, build_method, get_method_cls
 from dfnas.search.darts import DartsConfig
+from dfnas.search.distributed import distribute, run_on_ranks
 from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
 from dfnas.search.proxyless import ProxylessConfig
@@ -140,7 +141,7 @@ def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = No
 
 @dataclass
 class SearchSetup:
-    """Everything a search needs before the loop starts (shared by ``run_search`` and the torchrun path)."""
+    """Everything a search needs before the loop starts (``prepare_search``)."""
 
     cfg: SearchConfig
     device: torch.device
@@ -207,25 +208,36 @@ def finish_search(setup: SearchSetup, outcome: Any, out_dir: Path, config_hash: 
 def run_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path, out: str | Path,
                device: str | torch.device | None = None, progress: bool = True,
                table_path: str | Path | None = None, teacher: Any = None,
-               on_step: Callable[[LoopContext], None] | None = None) -> SearchResult:
+               on_step: Callable[[LoopContext], None] | None = None,
+               dist: D.DistContext | None = None) -> SearchResult:
     """Search an architecture on ``data`` and write the run directory ``out`` (see the module docstring).
 
     ``device`` overrides ``cfg.device``; ``teacher`` (a Teacher or a teacher name) enables online
     distillation on the augmented batches; ``table_path`` points at the NAS-Bench-201 CSV (else the
     assets settings); ``on_step(ctx)`` is called after every weight step (tests, benchmarks).
     Rerunning with the same arguments resumes an interrupted search or returns a finished one.
+
+    ``dist``: the ranks to search on (default: the running process group, if any, else one process). Under
+    torchrun every rank calls this: the supernet trains with DistributedDataParallel
+    (``dfnas.search.distributed``), rank 0 writes ``out``, and every rank returns the same SearchResult.
     """
+    ctx = D.current() if dist is None else dist
     setup = prepare_search(cfg, data, device, teacher)
     cfg, space = setup.cfg, setup.space
-    out_dir, h = prepare_run_dir(out, setup.identity, setup.record)
-    method = setup.build_method()
-    if method.training_free:  # zero-cost proxies: score candidates, no supernet (on_step does not apply)
-        outcome = method.search_without_training(setup, out_dir, h, progress=progress)
-    else:
-        outcome = run_loop(method, setup.train, setup.held, cfg.loop(), setup.criterion(), out_dir,
-                           setup.device, h, cfg.seed, progress=progress, on_step=on_step,
-                           desc=f"search[{cfg.method}/{space.name}]")
-    result = finish_search(setup, outcome, out_dir, h, table_path)
+    method = distribute(setup.build_method(), ctx)  # a training-free method is refused under torchrun
+
+    def loop(loop_dir: Path, h: str) -> Any:
+        if method.training_free:  # zero-cost proxies: score candidates, no supernet (on_step does not apply)
+            return method.search_without_training(setup, loop_dir, h, progress=progress)
+        return run_loop(method, setup.train, setup.held, cfg.loop(), setup.criterion(), loop_dir, setup.device, h,
+                        cfg.seed, progress=progress and ctx.is_main, on_step=on_step,
+                        desc=f"search[{cfg.method}/{space.name}" + (f" x{ctx.world_size}]" if ctx.enabled else "]"))
+
+    def finish(outcome: Any, out_dir: Path, h: str) -> dict[str, Any]:
+        return finish_search(setup, outcome, out_dir, h, table_path,
+                             {"world_size": ctx.world_size} if ctx.enabled else None)
+
+    outcome, out_dir, result = run_on_ranks(out, setup.identity, setup.record, ctx, loop, finish)
     return SearchResult(outcome.arch, space, out_dir, result, outcome.model)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dfnas.config import build_config, load_yaml
+from dfnas.distributed import process_group
 from dfnas.errors import DfnasError
 from dfnas.search.api import SearchConfig, SearchResult, run_search
 from dfnas.spaces.archfile import parse_arch_string, read_arch_file
@@ -49,12 +50,16 @@ def search_command(out: str | Path, data: str | Path, *, method: str | None = No
                    teacher_settings: list[str] | None = None) -> SearchResult:
     """``dfnas search``: ``search_config`` (config file < ``--set`` < flags), then ``run_search``.
 
-    ``teacher`` (online distillation) is completed from the dataset's manifest; see ``online_teacher``.
+    ``teacher`` (online distillation) is completed from the dataset's manifest; see ``online_teacher``. Under
+    ``torchrun`` the process group is started here from the environment and every rank searches
+    (``dfnas.search.distributed``); rank 0 writes ``out``.
     """
     cfg = search_config(method=method, space=space, epochs=epochs, overrides=overrides, config=config, seed=seed,
                         device=device)
     tch = online_teacher(data, teacher, weights, teacher_settings)
-    return run_search(cfg, data, out, device=None, progress=progress, table_path=table, teacher=tch)
+    with process_group(cfg.device) as (ctx, dev):
+        return run_search(cfg, data, out, device=dev, progress=progress and ctx.is_main, table_path=table,
+                          teacher=tch, dist=ctx)
 
 
 def nb201_lookup(arch: str | Path, table: str | Path | None = None) -> dict[str, Any]:

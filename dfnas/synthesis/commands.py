@@ -26,14 +26,10 @@ def synthesize_command(out: str | Path, *, preset: str = "default", overrides: l
     cfg = make_config(preset, overrides, method=method, num_images=num_images, rounds=rounds, seed=seed,
                       real_path=real, teacher_name=teacher, weights=weights,
                       allow_no_batchnorm=allow_no_batchnorm or None)
-    ctx, dev = distributed.init_distributed(device)
-    barrier = (lambda: distributed.barrier(ctx)) if ctx.enabled else None
-    try:
+    with distributed.process_group(device) as (ctx, dev):
+        barrier = (lambda: distributed.barrier(ctx)) if ctx.enabled else None
         return synthesize(cfg, out, device=dev, rank=ctx.rank, world_size=ctx.world_size,
                           progress=progress and ctx.is_main, overwrite=overwrite, barrier=barrier)
-    finally:
-        if ctx.enabled:
-            distributed.shutdown()
 
 
 def inspect_command(dataset: str | Path, real: str | Path | None = None, teacher: str | None = None,

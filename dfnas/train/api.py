@@ -17,14 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfnas import distributed as D
 from dfnas.config import from_dict, to_dict
 from dfnas.data import ImageSet, open_dataset
 from dfnas.data.imageset import iterate_batches
 from dfnas.errors import ConfigError
 from dfnas.io import atomic_torch_save, atomic_write_json
 from dfnas.repro import make_generator, resolve_device
-from dfnas.rundir import prepare_run_dir
 from dfnas.search.base import build_method
+from dfnas.search.distributed import bare_model, distribute, distribute_data, run_on_ranks
 from dfnas.search.fixed import FixedConfig
 from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
 from dfnas.search.losses import Criterion
@@ -107,17 +108,29 @@ def manifest_teacher(ds: ImageSet, device: torch.device) -> Any:
     return teacher
 
 
-def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: Space | SpaceConfig | Mapping[str, Any],
-                  data: ImageSet | str | Path, out: str | Path, device: str | torch.device | None = None,
-                  test_data: ImageSet | str | Path | None = None, progress: bool = True, teacher: Any = None,
-                  table_path: str | Path | None = None,
-                  on_step: Callable[[LoopContext], None] | None = None) -> dict[str, Any]:
-    """Train the plain network of ``arch`` from scratch on ``data``; return (and write) result.json's dict.
+@dataclass
+class TrainSetup:
+    """Everything a training run needs before the loop starts (``prepare_training``)."""
 
-    ``space_cfg`` gives the space settings (e.g. the arch.json ``space`` entry, possibly with a larger C);
-    ``test_data`` (ImageSet or path) is evaluated at the end (top-1 %, key ``test_top1``); ``teacher``
-    enables online distillation. Rerunning with the same arguments resumes or returns the finished run.
-    """
+    cfg: TrainConfig
+    arch: Arch
+    device: torch.device
+    ds: ImageSet
+    space: Space
+    train: ImageSet
+    held: ImageSet | None
+    test: ImageSet | None
+    online: bool  # the replay bank is refreshed by the generator (online data-free training)
+    teacher: Any
+    identity: dict[str, Any]  # what a resumed run must match (written to config.json, hashed)
+    record: dict[str, Any]  # what config.json records besides the identity
+
+
+def prepare_training(cfg: TrainConfig | Mapping[str, Any], arch: Arch,
+                     space_cfg: Space | SpaceConfig | Mapping[str, Any], data: ImageSet | str | Path,
+                     device: str | torch.device | None = None, test_data: ImageSet | str | Path | None = None,
+                     teacher: Any = None) -> TrainSetup:
+    """Validate the config, architecture and data, split the data and describe the run's identity."""
     if not isinstance(cfg, TrainConfig):
         cfg = from_dict(TrainConfig, dict(cfg), "train")
     if not 0.0 <= cfg.held_out < 1.0:
@@ -155,26 +168,62 @@ def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: S
               "split": {"train": len(train), "held_out": len(held) if held is not None else 0},
               "test_set": dataset_info(test) if test is not None else None, **{k: identity[k] for k in
                                                                               ("space", "dataset", "online_teacher")}}
-    out_dir, h = prepare_run_dir(out, identity, record)
-    method = build_method("fixed", space, FixedConfig(arch), make_generator(cfg.seed, "method", "fixed"), dev)
-    criterion = Criterion(ds.label_mode, cfg.temperature, tch)
-    source = OnlineBank(train, tch, cfg.online, cfg.seed, dev) if online else None
-    outcome = run_loop(method, train, held, cfg.loop(), criterion, out_dir, dev, h, cfg.seed, progress=progress,
-                       on_step=on_step, desc=f"train[{space.name}]", data_source=source)
-    model = outcome.model
-    atomic_torch_save(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    from dfnas.spaces.flops import space_cost
+    return TrainSetup(cfg, arch, dev, ds, space, train, held, test, online, tch, identity, record)
 
-    gt, note = nb201_ground_truth(space, arch, table_path)
-    result = {
-        "arch": arch.to_json(), "arch_str": str(arch), "space": space.config(), **space_cost(space, arch),
-        "train_time_s": round(outcome.elapsed_s, 2), "weight_steps": outcome.steps, "epochs": cfg.epochs,
-        "label_mode": ds.label_mode, "online_teacher": tch is not None, "final_held_out": outcome.last_eval or None,
-        "online_synthesis": online, "images_made_online": source.made if source is not None else 0,
-        "test_top1": evaluate(model, test, dev, cfg.eval_batch_size) if test is not None else None,
-        "test_set": (test.info.get("source") if test is not None else None),
-        "test_n": len(test) if test is not None else 0, "nb201": gt, "nb201_note": note,
-    }
-    atomic_write_json(out_dir / "result.json", result)
-    plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"train {arch}")
-    return result
+
+def train_network(cfg: TrainConfig | Mapping[str, Any], arch: Arch, space_cfg: Space | SpaceConfig | Mapping[str, Any],
+                  data: ImageSet | str | Path, out: str | Path, device: str | torch.device | None = None,
+                  test_data: ImageSet | str | Path | None = None, progress: bool = True, teacher: Any = None,
+                  table_path: str | Path | None = None,
+                  on_step: Callable[[LoopContext], None] | None = None,
+                  dist: D.DistContext | None = None) -> dict[str, Any]:
+    """Train the plain network of ``arch`` from scratch on ``data``; return (and write) result.json's dict.
+
+    ``space_cfg`` gives the space settings (e.g. the arch.json ``space`` entry, possibly with a larger C);
+    ``test_data`` (ImageSet or path) is evaluated at the end (top-1 %, key ``test_top1``); ``teacher``
+    enables online distillation. Rerunning with the same arguments resumes or returns the finished run.
+
+    ``dist``: the ranks to train on (default: the running process group, if any, else one process); under
+    torchrun every rank calls this, the network trains with DistributedDataParallel and rank 0 writes ``out``.
+    The steps are those of ``run_search``: ``prepare_training``, then ``dfnas.search.distributed.run_on_ranks``
+    (open the run directory, the loop, the results).
+    """
+    ctx = D.current() if dist is None else dist
+    setup = prepare_training(cfg, arch, space_cfg, data, device, test_data, teacher)
+    cfg, dev, space, train, held, test = setup.cfg, setup.device, setup.space, setup.train, setup.held, setup.test
+    ds, online, tch = setup.ds, setup.online, setup.teacher
+    method = distribute(build_method("fixed", space, FixedConfig(arch), make_generator(cfg.seed, "method", "fixed"),
+                                     dev), ctx)
+    criterion = Criterion(ds.label_mode, cfg.temperature, tch)
+    banks: list[OnlineBank] = []  # the replay bank, made once the run directory is open
+
+    def loop(loop_dir: Path, h: str) -> Any:
+        source = OnlineBank(train, tch, cfg.online, cfg.seed, dev) if online else None
+        banks.extend([source] if source is not None else [])
+        return run_loop(method, train, held, cfg.loop(), criterion, loop_dir, dev, h, cfg.seed,
+                        progress=progress and ctx.is_main, on_step=on_step,
+                        desc=f"train[{space.name}" + (f" x{ctx.world_size}]" if ctx.enabled else "]"),
+                        data_source=distribute_data(source, ctx))
+
+    def finish(outcome: Any, out_dir: Path, h: str) -> dict[str, Any]:
+        model = bare_model(outcome.model)
+        atomic_torch_save(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        from dfnas.spaces.flops import space_cost
+
+        gt, note = nb201_ground_truth(space, arch, table_path)
+        result = {
+            "arch": arch.to_json(), "arch_str": str(arch), "space": space.config(), **space_cost(space, arch),
+            "train_time_s": round(outcome.elapsed_s, 2), "weight_steps": outcome.steps, "epochs": cfg.epochs,
+            "label_mode": ds.label_mode, "online_teacher": tch is not None,
+            "final_held_out": outcome.last_eval or None,
+            "online_synthesis": online, "images_made_online": banks[0].made if banks else 0,
+            "test_top1": evaluate(model, test, dev, cfg.eval_batch_size) if test is not None else None,
+            "test_set": (test.info.get("source") if test is not None else None),
+            "test_n": len(test) if test is not None else 0, "nb201": gt, "nb201_note": note,
+            **({"world_size": ctx.world_size} if ctx.enabled else {}),
+        }
+        atomic_write_json(out_dir / "result.json", result)
+        plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"train {arch}")
+        return result
+
+    return run_on_ranks(out, setup.identity, setup.record, ctx, loop, finish)[2]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dfnas.config import apply_overrides, build_config, load_yaml
+from dfnas.distributed import process_group
 from dfnas.search.commands import online_teacher
 from dfnas.spaces.archfile import read_arch_or_string
 from dfnas.spaces.base import Arch
@@ -40,9 +41,11 @@ def train_command(out: str | Path, arch: str | Path, data: str | Path, *, test: 
                   table: str | Path | None = None, progress: bool = True, weights: str | None = None,
                   teacher_settings: list[str] | None = None) -> dict[str, Any]:
     """``dfnas train``: ``train_config`` (the arch file's space settings and a TrainConfig), then
-    ``train_network``; ``teacher`` (online distillation) is completed from the dataset's manifest."""
+    ``train_network``; ``teacher`` (online distillation) is completed from the dataset's manifest. Under
+    ``torchrun`` every rank trains (DistributedDataParallel) and rank 0 writes ``out``."""
     cfg, a, space_cfg = train_config(arch, epochs=epochs, overrides=overrides, config=config, seed=seed,
                                      device=device)
     tch = online_teacher(data, teacher, weights, teacher_settings)
-    return train_network(cfg, a, space_cfg, data, out, test_data=test, progress=progress, teacher=tch,
-                         table_path=table)
+    with process_group(cfg.device) as (ctx, dev):
+        return train_network(cfg, a, space_cfg, data, out, device=dev, test_data=test,
+                             progress=progress and ctx.is_main, teacher=tch, table_path=table, dist=ctx)
