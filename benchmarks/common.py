@@ -460,6 +460,38 @@ def fmt_pm(values: Sequence[float], digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
+def paired_difference(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> dict[str, Any] | None:
+    """Paired comparison of two conditions measured on the same seeds: ``a[seed] - b[seed]``.
+
+    Returns the seeds both have, the mean difference, the ``level`` confidence interval of the mean (Student t
+    with n - 1 degrees of freedom), the paired t-test p-value, the exact two-sided sign-flip permutation p-value
+    (all 2^n sign patterns; assumes nothing about the distribution) and a verdict: ``a better`` / ``b better``
+    when the interval excludes 0, else ``within noise``. None when fewer than 2 seeds are shared.
+    """
+    from itertools import product
+
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = np.array([float(a[k]) - float(b[k]) for k in seeds])
+    n, mean = len(d), float(d.mean())
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:  # identical differences: the interval collapses onto the mean
+        lo = hi = mean
+        p_t = 1.0 if mean == 0.0 else 0.0
+    else:
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+        p_t = float(stats.ttest_rel([a[k] for k in seeds], [b[k] for k in seeds]).pvalue)
+    flips = np.array(list(product((1.0, -1.0), repeat=n)))  # (2^n, n)
+    p_perm = float(np.mean(np.abs(flips @ np.abs(d)) >= abs(d.sum()) - 1e-12))
+    verdict = "a better" if lo > 0 else "b better" if hi < 0 else "within noise"
+    return {"seeds": seeds, "n": n, "diffs": [round(float(x), 4) for x in d], "mean_diff": mean, "sd_diff": sd,
+            "ci_level": level, "ci": [lo, hi], "p_t": p_t, "p_perm": p_perm, "verdict": verdict}
+
+
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

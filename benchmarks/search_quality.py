@@ -189,10 +189,11 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
             groups[f"{s}/{m}"] = {"source": s, "method": m, "seeds": [c["seed"] for c in cs], "acc": a,
                                   "acc_mean": mu, "acc_std": sd, "percentile_mean": pmu, "search_time_mean_s": tmu,
                                   "archs": [c["arch"] for c in cs]}
+    comparisons = paired_comparisons(cells, sources, methods)
     summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(), "reference": ref,
                "sources": {s: {"label": SOURCES[s].label, **data_info.get(s, {})} for s in sources},
                "methods": {m: {"label": METHODS[m].label, "config": METHODS[m].config} for m in methods},
-               "groups": groups, "cells": cells, "environment": common.environment()}
+               "groups": groups, "comparisons": comparisons, "cells": cells, "environment": common.environment()}
 
     lines = [f"# Search quality by data source ({budget_name} budget)\n",
              f"{budget.note}. Teacher: ResNet-20 (CIFAR-10). Space: NAS-Bench-201 (searched with "
@@ -212,6 +213,19 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
             row.append("–" if g is None else f"{common.fmt_pm(g['acc'])} (n={len(g['acc'])})")
         rows.append(row)
     lines.append(common.md_table(headers, rows))
+    if comparisons:
+        lines.append("\n## Paired comparisons (the same seeds on both sources)\n")
+        lines.append("Difference = first source minus second, per seed; 95 % confidence interval of the mean "
+                     "difference (Student t), paired t-test p, and the exact sign-flip permutation p (with n seeds "
+                     "it cannot go below 2/2^n: 0.0625 at n = 5). *within noise* = the interval contains 0.\n")
+        crow = []
+        for c in comparisons:
+            crow.append([METHODS[c["method"]].label, f"{SOURCES[c['a']].label} − {SOURCES[c['b']].label}",
+                         c["n"], f"{c['mean_diff']:+.2f}", f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]",
+                         f"{c['p_t']:.3f}", f"{c['p_perm']:.3f}",
+                         {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])])
+        lines.append(common.md_table(["method", "comparison", "seeds", "mean difference", "95 % CI", "p (t)",
+                                      "p (sign-flip)", "verdict"], crow))
     lines.append("\n## Details (percentile = % of the 15,625 cells scoring at most as well; time = search only)\n")
     drows = []
     for g in groups.values():
@@ -229,6 +243,27 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
                  "labels (true labels for real (JPEG), uniformly random for the random-label sources). The real "
                  "images are the lossy JPEG copy of CIFAR-10 training images.\n")
     return summary, "\n".join(lines)
+
+
+# the comparisons the README draws: the method's full synthesis against real data, the unreal baseline and
+# each ablation (first minus second)
+COMPARISONS = (("full", "real"), ("full", "noise"), ("full", "real_random"), ("full", "no_recursion"),
+               ("full", "no_regional"), ("full", "plain"), ("generator", "full"))
+
+
+def paired_comparisons(cells: list[dict[str, Any]], sources: list[str], methods: list[str]) -> list[dict[str, Any]]:
+    """``common.paired_difference`` for every (method, COMPARISONS pair) with at least 2 shared seeds."""
+    out = []
+    for m in methods:
+        for a, b in COMPARISONS:
+            if a not in sources or b not in sources:
+                continue
+            acc = {s: {c["seed"]: c["nb201_cifar10"] for c in cells if c["source"] == s and c["method"] == m}
+                   for s in (a, b)}
+            res = common.paired_difference(acc[a], acc[b])
+            if res is not None:
+                out.append({"method": m, "a": a, "b": b, **res})
+    return out
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:

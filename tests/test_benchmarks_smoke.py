@@ -127,3 +127,20 @@ def test_datafree_wallclock_and_calibration_smoke(tmp_path):
     assert set(cell["per_round"]) == {"0", "1", "2"} and -1 <= cell["spearman_all"] <= 1
     assert (tmp_path / "out" / "calibration_smoke.png").is_file()
     assert (tmp_path / "out" / "datafree_wallclock_smoke.png").is_file()
+
+
+def test_paired_difference_matches_a_hand_computed_example():
+    common = _load("common")
+    # differences 1, 2, 3: mean 2, sd 1; t(0.975, 2 dof) = 4.302653 -> CI 2 -/+ 4.302653 / sqrt(3)
+    r = common.paired_difference({0: 11.0, 1: 12.0, 2: 13.0, 9: 5.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert r["seeds"] == [0, 1, 2] and r["n"] == 3 and r["diffs"] == [1.0, 2.0, 3.0]
+    half = 4.302653 / math.sqrt(3)
+    assert r["mean_diff"] == pytest.approx(2.0) and r["sd_diff"] == pytest.approx(1.0)
+    assert r["ci"] == pytest.approx([2 - half, 2 + half], abs=1e-5)
+    # t = 2 / (1 / sqrt 3) = 3.4641 on 2 dof: two-sided p = 0.07418
+    assert r["p_t"] == pytest.approx(0.07418, abs=1e-4)
+    # all differences positive: only the all-plus and all-minus sign patterns reach |sum| = 6 -> 2 / 8
+    assert r["p_perm"] == pytest.approx(0.25) and r["verdict"] == "within noise"
+    clear = common.paired_difference({k: 90.0 + k for k in range(5)}, {k: 80.0 + k + 0.1 * (k % 2) for k in range(5)})
+    assert clear["verdict"] == "a better" and clear["ci"][0] > 9
+    assert common.paired_difference({0: 1.0}, {0: 2.0}) is None  # one shared seed: nothing to test

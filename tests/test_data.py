@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dfnas.data import open_dataset, read_real
+from dfnas.data.imageset import ImageSet
 from dfnas.data.shards import read_shard, shard_path, write_shard
 from dfnas.errors import DataError
 
@@ -101,3 +102,62 @@ def test_shard_round_trip_and_checks(tmp_path: Path) -> None:
     p.write_bytes(b"torn")
     with pytest.raises(DataError, match="corrupt"):
         read_shard(p)
+
+
+def _mix_set(n: int = 12) -> ImageSet:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 10, 10), dtype=torch.uint8, generator=g)
+    logits = torch.randn(n, 4, generator=g)
+    return ImageSet(images, logits.softmax(1), 8, [f"c{i}" for i in range(4)], logits,
+                    torch.zeros(n, dtype=torch.long), "distill", {})
+
+
+def test_mix_batch_mixup_and_cutmix_follow_their_definitions():
+    from dfnas.data.imageset import mix_batch
+    from dfnas.errors import ConfigError
+
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(5)
+    perm = torch.randperm(6, generator=g)
+    lam = float(torch.rand((), generator=g))
+    mixed = mix_batch(x, "mixup", torch.Generator().manual_seed(5))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+    cut = mix_batch(x, "cutmix", torch.Generator().manual_seed(5))
+    from_a, from_b = (cut == x).all(1), (cut == x[perm]).all(1)  # (B, S, S): each pixel from one of the two
+    assert bool((from_a | from_b).all())
+    pasted = (~from_a).float().mean().item()  # share of pixels taken from the partner (box clipped at borders)
+    assert 0 < pasted <= (1 - lam) + 0.1
+    assert torch.equal(mix_batch(x, "none", g), x)
+    with pytest.raises(ConfigError, match="mix 'mixupp' is not one of"):
+        mix_batch(x, "mixupp", g)
+
+
+def test_mixed_batches_are_reproducible_from_the_generator_state():
+    from dfnas.data.imageset import iterate_batches
+
+    ds = _mix_set()
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    first = [x for x, _ in iterate_batches(ds, 4, g, mix="cutmix")]
+    g.set_state(state)
+    again = [x for x, _ in iterate_batches(ds, 4, g, mix="cutmix")]
+    plain = [x for x, _ in iterate_batches(ds, 4, torch.Generator().manual_seed(3))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(first, plain, strict=True))
+
+
+def test_mix_needs_an_online_teacher(tmp_path):
+    from dfnas.errors import ConfigError
+    from dfnas.repro import make_generator
+    from dfnas.search.base import build_method
+    from dfnas.search.loop import LoopConfig, run_loop
+    from dfnas.search.losses import Criterion
+    from dfnas.spaces import build_space
+
+    space = build_space("nb201", num_classes=4, input_size=8, C=2, N=1)
+    m = build_method("darts", space, {}, make_generator(0, "m"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="needs an online teacher"):
+        run_loop(m, _mix_set(), _mix_set(), LoopConfig(epochs=1, batch_size=4, mix="mixup"), Criterion("distill"),
+                 tmp_path, torch.device("cpu"), "h", seed=0, progress=False)
+    with pytest.raises(ConfigError, match="mix 'blend' is not one of"):
+        LoopConfig(mix="blend").check()

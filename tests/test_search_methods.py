@@ -144,3 +144,33 @@ def test_proxyless_default_warmup_is_first_third_of_steps():
     assert m0.wants_arch_step(SimpleNamespace(step=0, epoch=0, total_steps=30))
     with pytest.raises(ConfigError, match="warmup_epochs"):
         build_method("proxyless", space, {"warmup_epochs": -1}, make_generator(0, "m"), torch.device("cpu"))
+
+
+def test_proxyless_logs_path_counters_per_epoch(tmp_path):
+    """The diagnostics of why ProxylessNAS moves: per epoch and decision, how often each option ran in a weight
+    step, how often it was in the arch step's sampled pair, its mean dL/dg and summed dL/dalpha."""
+    import json
+
+    ds = tiny_set()
+    train, held = ds.split(0.5, torch.Generator().manual_seed(0))
+    space = build_space("nb201", num_classes=4, input_size=8, C=2)
+    m = build_method("proxyless", space, {"arch_lr": 0.05, "warmup_epochs": 1}, make_generator(0, "m"),
+                     torch.device("cpu"))
+    cfg = LoopConfig(epochs=3, batch_size=8, eval_max_batches=1)  # 16 images / 8 = 2 weight steps per epoch
+    run_loop(m, train, held, cfg, Criterion("distill", 4.0), tmp_path, torch.device("cpu"), "h", seed=0,
+             progress=False)
+    epochs = [r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    assert len(epochs) == 3
+    for r in epochs:
+        paths = r["paths"]
+        assert set(paths) == set(space.decisions())
+        arch_steps = 0 if r["epoch"] < 1 else 2  # warm-up epoch: weight steps only
+        for d in paths.values():
+            assert sum(d["sampled"]) == 2  # one option per decision per weight step
+            assert sum(d["paired"]) == 2 * arch_steps  # two distinct options per arch step
+            assert len(d["gate_grad_mean"]) == len(d["alpha_grad_sum"]) == 5
+            if arch_steps == 0:
+                assert d["alpha_grad_sum"] == [0.0] * 5
+            else:
+                assert d["gate_grad_mean"][0] == 0.0  # 'none' outputs zeros: dL/dg is exactly 0
+                assert abs(sum(d["alpha_grad_sum"])) < 1e-6  # the estimator's gradient sums to 0 over options

@@ -7,6 +7,7 @@ of exactly the input size are zero-padded by ``pad`` first, which is the standar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dfnas.errors import DataError
+from dfnas.errors import ConfigError, DataError
 
 LABEL_MODES = ("distill", "hard", "soft")
 
@@ -133,14 +134,49 @@ def crop_batch(images: torch.Tensor, size: int, pad: int, generator: torch.Gener
     return out.contiguous()
 
 
+MIX_MODES = ("none", "mixup", "cutmix")
+
+
+def mix_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Mix each image of ``x`` (B, C, S, S) with another image of the batch; the supervision is not mixed.
+
+    Meant for distillation from an online teacher, which labels the mixed images themselves (function
+    matching, Beyer et al. 2022): the mixed batch shows the student inputs between the stored images.
+    ``mixup``: lam x + (1 - lam) x[perm]; ``cutmix``: a box of area (1 - lam) S^2 pasted from x[perm];
+    lam ~ U(0, 1) (Beta(1, 1)), one per batch.
+    """
+    if mode not in MIX_MODES:
+        raise ConfigError(f"mix {mode!r} is not one of {list(MIX_MODES)}")
+    if mode == "none" or len(x) < 2:
+        return x
+    b, _, h, w = x.shape
+    perm = torch.randperm(b, generator=generator).to(x.device)
+    lam = float(torch.rand((), generator=generator))
+    if mode == "mixup":
+        return x * lam + x[perm] * (1.0 - lam)
+    cut_h, cut_w = int(round(h * math.sqrt(1.0 - lam))), int(round(w * math.sqrt(1.0 - lam)))
+    cy, cx = (int(v) for v in torch.randint(0, h, (1,), generator=generator).tolist() +
+              torch.randint(0, w, (1,), generator=generator).tolist())
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
+    out = x.clone()
+    out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+    return out
+
+
 def iterate_batches(ds: ImageSet, batch_size: int, generator: torch.Generator | None, augment: bool = True,
-                    pad: int = 4, drop_last: bool = False, device: torch.device | str = "cpu"
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of (images (B, C, S, S) float, supervision) batches; shuffled when a generator is given."""
+                    pad: int = 4, drop_last: bool = False, device: torch.device | str = "cpu",
+                    mix: str = "none") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (images (B, C, S, S) float, supervision) batches; shuffled when a generator is given.
+
+    ``mix`` (with a generator): images mixed within the batch (``mix_batch``); the supervision stays the
+    unmixed images', so only an online teacher gives the mixed images their labels."""
     n = len(ds)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
         idx = order[i:i + batch_size]
         x = crop_batch(ds.images[idx], ds.input_size, pad, generator if augment else None, flip=augment)
+        if mix != "none" and generator is not None:
+            x = mix_batch(x, mix, generator)
         yield x.to(device, non_blocking=True), ds.supervision(idx).to(device, non_blocking=True)

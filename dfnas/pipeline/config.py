@@ -112,9 +112,11 @@ class RunConfig:
             d["teacher"].pop(k, None)
         # settings added after runs existed, left out while they cannot change results, so older run
         # directories still resume: the training-free block unless the search is training-free, the
-        # generator's original output layer
+        # generator's original output layer, batch mixing while off
         if not self._training_free():
             d["search"].pop("zerocost", None)
+        if d.get("train", {}).get("mix") == "none":
+            d["train"].pop("mix")
         gen = d["synthesis"].get("generator")
         if isinstance(gen, dict) and gen.get("output") == "sigmoid":
             gen.pop("output")

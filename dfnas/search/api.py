@@ -30,7 +30,7 @@ from dfnas.repro import make_generator, resolve_device
 from dfnas.search.base import SEARCH_METHODS, build_method, get_method_cls
 from dfnas.search.darts import DartsConfig
 from dfnas.search.distributed import distribute, run_on_ranks
-from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
+from dfnas.search.loop import LoopConfig, LoopContext, loop_identity, run_loop
 from dfnas.search.losses import Criterion
 from dfnas.search.proxyless import ProxylessConfig
 from dfnas.search.report import plot_progress
@@ -177,12 +177,11 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
     space.check_input()  # ArchError now rather than a shape error inside the first step
     train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
     tch = resolve_teacher(teacher, dev, ds)
-    loop_cfg = to_dict(cfg.loop())
     trains = not get_method_cls(cfg.method).training_free  # a training-free search ignores the loop settings
     identity = {
         "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
         "space": space.config(),
-        "loop": {k: v for k, v in loop_cfg.items() if k not in CADENCE_KEYS} if trains else None,
+        "loop": loop_identity(cfg.loop()) if trains else None,
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }

@@ -17,14 +17,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dfnas.data.imageset import ImageSet, iterate_batches
+from dfnas.data.imageset import MIX_MODES, ImageSet, iterate_batches
 from dfnas.errors import ConfigError, DfnasError
 from dfnas.io import MetricLogger, atomic_torch_save
 from dfnas.repro import make_generator
@@ -52,6 +52,7 @@ class LoopConfig:
     grad_clip: float = 5.0  # max global L2 norm of weight gradients; <= 0 disables clipping
     augment: bool = True  # random canvas crop + horizontal flip (ImageSet.crop_batch)
     pad: int = 4  # zero padding for random crops of images exactly the input size
+    mix: str = "none"  # none | mixup | cutmix within each batch (needs an online teacher to label the mix)
     checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends only
     log_every_steps: int = 10
     eval_max_batches: int | None = 8  # held-out batches evaluated per epoch; None: all; 0: no evaluation
@@ -65,6 +66,18 @@ class LoopConfig:
             raise ConfigError(f"lr must be > 0 and lr_min >= 0, got {self.lr} and {self.lr_min}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.mix not in MIX_MODES:
+            raise ConfigError(f"mix {self.mix!r} is not one of {list(MIX_MODES)}")
+
+
+def loop_identity(cfg: LoopConfig) -> dict[str, Any]:
+    """The loop settings that determine results: all but the cadence keys, and ``mix`` only when on (it came
+    later; runs without it keep their identity hashes)."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in CADENCE_KEYS}
+    if d.get("mix") == "none":
+        d.pop("mix")
+    return d
+
 
 
 class InfiniteBatches:
@@ -216,6 +229,9 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
     ckpt_path = out / "checkpoint.pt"
     if method.needs_held_out and held_out is None:
         raise ConfigError(f"method {method.name!r} needs a held-out split (set held_out > 0)")
+    if cfg.mix != "none" and criterion.teacher is None:
+        raise ConfigError(f"mix {cfg.mix!r} needs an online teacher to label the mixed images (stored labels "
+                          "belong to the unmixed ones); use online_teacher: true or mix: none")
     # constructors draw initial weights from the global RNG: redraw them from the run's seed
     model = init_parameters(method.build_model(), make_generator(seed, "loop", "init")).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -316,7 +332,8 @@ def _train_epochs(ctx: LoopContext, st: dict[str, Any], data_gen: torch.Generato
         if ctx.data_source is not None:  # new images for this epoch (a no-op when resuming mid-epoch)
             ctx.train = ctx.data_source.epoch_start(ctx)
         data_gen.set_state(st["epoch_gen"])
-        batches = iterate_batches(ctx.train, bs, data_gen, cfg.augment, cfg.pad, drop_last=True, device=ctx.device)
+        batches = iterate_batches(ctx.train, bs, data_gen, cfg.augment, cfg.pad, drop_last=True, device=ctx.device,
+                                  mix=cfg.mix if cfg.augment else "none")
         for _ in range(st["batch_in_epoch"]):  # resume mid-epoch: regenerate and skip consumed batches
             next(batches)
         for x, y in batches:

@@ -27,7 +27,7 @@ from dfnas.repro import make_generator, resolve_device
 from dfnas.search.base import build_method
 from dfnas.search.distributed import bare_model, distribute, distribute_data, run_on_ranks
 from dfnas.search.fixed import FixedConfig
-from dfnas.search.loop import CADENCE_KEYS, LoopConfig, LoopContext, run_loop
+from dfnas.search.loop import LoopConfig, LoopContext, loop_identity, run_loop
 from dfnas.search.losses import Criterion
 from dfnas.search.report import plot_progress
 from dfnas.search.rundir import dataset_info, resolve_teacher, teacher_identity, with_label_mode
@@ -54,6 +54,7 @@ class TrainConfig:
     label_mode: str | None = None  # distill | soft | hard; None: the dataset's own
     temperature: float = 4.0
     augment: bool = True
+    mix: str = "none"  # none | mixup | cutmix within batches (data-free training with the online teacher)
     checkpoint_every_steps: int = 0
     log_every_steps: int = 20
     eval_max_batches: int | None = None  # held-out batches evaluated per epoch (None: all)
@@ -64,7 +65,7 @@ class TrainConfig:
     def loop(self) -> LoopConfig:
         return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_min=self.lr_min,
                           momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay,
-                          grad_clip=self.grad_clip, augment=self.augment,
+                          grad_clip=self.grad_clip, augment=self.augment, mix=self.mix,
                           checkpoint_every_steps=self.checkpoint_every_steps, log_every_steps=self.log_every_steps,
                           eval_max_batches=self.eval_max_batches, eval_batch_size=self.eval_batch_size,
                           max_steps=self.max_steps)
@@ -155,10 +156,9 @@ def prepare_training(cfg: TrainConfig | Mapping[str, Any], arch: Arch,
     if online and teacher is None:  # data-free training distils from the teacher that made the data
         teacher = manifest_teacher(ds, dev)
     tch = resolve_teacher(teacher, dev, ds)
-    loop_cfg = to_dict(cfg.loop())
     identity = {
         "kind": "train", "arch": str(arch), "space": space.config(),
-        "loop": {k: v for k, v in loop_cfg.items() if k not in CADENCE_KEYS},
+        "loop": loop_identity(cfg.loop()),
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }

@@ -86,6 +86,25 @@ class ProxylessMethod(AlphaMethod):
         base, costs = cost_tables(self.space)
         self.base_macs = float(base)
         self.costs = {k: c.to(self.device) for k, c in costs.items()}
+        self._reset_diagnostics()
+
+    def _reset_diagnostics(self) -> None:
+        """Per-epoch counters of why the search moves (logged at epoch ends): per decision and option (n,),
+        weight steps on the path (``sampled``), arch steps in the sampled pair (``paired``), and the sums over
+        those arch steps of dL/dg (``gate_grad``) and of the estimator's dL/dalpha (``alpha_grad``)."""
+        self.diag = {k: {name: torch.zeros(len(a), dtype=torch.float64)
+                         for name in ("sampled", "paired", "gate_grad", "alpha_grad")}
+                     for k, a in self.alphas.items()}
+
+    def diagnostics_record(self) -> dict[str, Any]:
+        """This epoch's counters per decision: path frequencies, mean dL/dg and summed dL/dalpha per option."""
+        out = {}
+        for k, d in self.diag.items():
+            paired = d["paired"].clamp_min(1)
+            out[k] = {"sampled": [int(v) for v in d["sampled"]], "paired": [int(v) for v in d["paired"]],
+                      "gate_grad_mean": [round(float(v), 7) for v in d["gate_grad"] / paired],
+                      "alpha_grad_sum": [round(float(v), 7) for v in d["alpha_grad"]]}
+        return out
 
     def expected_macs(self, grad: bool = False) -> torch.Tensor:
         """E[MACs] under softmax(alpha) (0-d tensor; differentiable in alpha when ``grad``)."""
@@ -117,6 +136,8 @@ class ProxylessMethod(AlphaMethod):
         for k in self.keys:
             i = int(self._sample_index(torch.softmax(self.alphas[k].detach(), 0), 1))
             path[k] = dec[k][i]
+            if hasattr(self, "diag"):
+                self.diag[k]["sampled"][i] += 1
         return Arch.of(self.space.name, path)
 
     def wants_arch_step(self, ctx: LoopContext) -> bool:
@@ -152,6 +173,10 @@ class ProxylessMethod(AlphaMethod):
             p2 = torch.softmax(a.detach()[pair], 0)
             g_alpha[pair] += binary_gate_alpha_grad(grads[i][pair], p2)
             a.grad = g_alpha
+            d, cpu_pair = self.diag[k], pair.cpu()
+            d["paired"][cpu_pair] += 1
+            d["gate_grad"][cpu_pair] += grads[i][pair].detach().double().cpu()
+            d["alpha_grad"] += g_alpha.detach().double().cpu()
             old_lse[k] = torch.logsumexp(a.detach()[pair], 0)
         self.arch_opt.step()
         self.arch_opt.zero_grad(set_to_none=True)
@@ -172,11 +197,16 @@ class ProxylessMethod(AlphaMethod):
         return True
 
     def epoch_end(self, ctx: LoopContext) -> dict[str, Any]:
-        return {**self.alpha_record(), "expected_macs": float(self.expected_macs())}
+        rec = {**self.alpha_record(), "expected_macs": float(self.expected_macs()), "paths": self.diagnostics_record()}
+        self._reset_diagnostics()
+        return rec
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "arch_opt": self.arch_opt.state_dict()}
+        return {**super().state_dict(), "arch_opt": self.arch_opt.state_dict(),
+                "diag": {k: {n: v.clone() for n, v in d.items()} for k, d in self.diag.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.arch_opt.load_state_dict(state["arch_opt"])
+        if "diag" in state:  # checkpoints written before the counters existed start them afresh
+            self.diag = {k: {n: v.clone() for n, v in d.items()} for k, d in state["diag"].items()}
