@@ -46,6 +46,9 @@ METHODS: dict[str, Method] = {
     # ablation: architecture updates from the first step (the library default before the paper's warm-up)
     "proxyless_nowarm": Method("ProxylessNAS w/o warm-up", {"method": "proxyless", "proxyless": {"warmup_epochs": 0}}),
     "spos": Method("SPOS", {"method": "spos"}),
+    # FairNAS's strict fairness: every weight step trains each op of every edge once (5 paths on the batch), so
+    # each op gets all 210 updates instead of ~42; the compute per step is then that of the DARTS supernet
+    "spos_fair": Method("SPOS, strict fairness", {"method": "spos", "spos": {"sampling": "fair"}}),
 }
 
 
@@ -133,7 +136,8 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
     o = cfg.spos
     n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)
     candidates = o.population * o.generations  # an upper bound: repeated candidates are not rescored
-    return steps * bs * cal.path_step + candidates * (o.bn_batches * bs + n_score) * cal.path_eval
+    paths = 5 if o.sampling == "fair" else 1  # NB201: five options per edge
+    return steps * bs * paths * cal.path_step + candidates * (o.bn_batches * bs + n_score) * cal.path_eval
 
 
 # ----------------------------------------------------------------------------------------------------------

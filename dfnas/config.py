@@ -129,6 +129,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+# field metadata of settings added after run directories existed: at their default they reproduce the earlier
+# behaviour, so identities leave them out there and older runs keep their hashes
+ADDED_LATER = {"added_later": True}
+
+
+def identity_dict(cfg: Any) -> dict[str, Any]:
+    """``to_dict`` for resume identities and cache keys: fields marked ``ADDED_LATER`` are left out while they
+    hold their default."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)
+                    if not (f.metadata.get("added_later") and getattr(v, f.name) == f.default)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return to_dict(v) if dataclasses.is_dataclass(v) else (str(v) if isinstance(v, Path) else v)
+
+    return conv(cfg)
+
+
 def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dict -> ``{"a.b.c": value}`` (used to name the keys in which two configs differ)."""
     if not isinstance(d, dict):

@@ -38,6 +38,7 @@ CASES = [
     ("darts", "darts", {"C": 2, "layers": 3}, {"arch_lr": 0.05}),
     ("proxyless", "proxyless", {"width_mult": 0.1, "layers_per_stage": [1, 2, 1, 1, 1]}, {"arch_lr": 0.05}),
     ("spos", "spos", {"width_mult": 0.25, "layers": [1, 1, 1, 1]}, SPOS_SMALL),
+    ("spos", "nb201", {"C": 2}, {**SPOS_SMALL, "sampling": "fair"}),
 ]
 
 
@@ -174,3 +175,19 @@ def test_proxyless_logs_path_counters_per_epoch(tmp_path):
             else:
                 assert d["gate_grad_mean"][0] == 0.0  # 'none' outputs zeros: dL/dg is exactly 0
                 assert abs(sum(d["alpha_grad_sum"])) < 1e-6  # the estimator's gradient sums to 0 over options
+
+
+def test_spos_fair_sampling_runs_every_option_of_every_decision_once_per_step():
+    space = build_space("nb201", num_classes=4, input_size=8, C=2)
+    m = build_method("spos", space, {**SPOS_SMALL, "sampling": "fair"}, make_generator(0, "m"), torch.device("cpu"))
+    paths = m.weight_paths(None)
+    dec = space.decisions()
+    assert len(paths) == 5
+    for k, opts in dec.items():
+        assert sorted(p.as_dict()[k] for p in paths) == sorted(opts)  # each option exactly once
+    again = m.weight_paths(None)
+    assert [str(p) for p in again] != [str(p) for p in paths]  # a fresh permutation every step
+    uniform = build_method("spos", space, SPOS_SMALL, make_generator(0, "m"), torch.device("cpu"))
+    assert uniform.weight_paths(None) is None  # the paper's single path (set by before_weight_step)
+    with pytest.raises(ConfigError, match="spos.sampling 'strict' is not one of"):
+        build_method("spos", space, {"sampling": "strict"}, make_generator(0, "m"), torch.device("cpu"))

@@ -52,17 +52,23 @@ def _stop_at(step: int):
     return hook
 
 
-@pytest.mark.parametrize("method", ["darts", "proxyless", "spos"])
+@pytest.mark.parametrize("method", ["darts", "proxyless", "spos", "spos-fair"])
 def test_kill_then_resume_is_bitwise_identical(tmp_path, method):
     ds = tiny_set()
-    ref = run_search(_cfg(method), ds, tmp_path / "ref", device="cpu", progress=False)
+    if method == "spos-fair":  # strict-fairness sampling: several paths per weight step
+        method_cfg = _cfg("spos")
+        method_cfg["spos"] = {**method_cfg["spos"], "sampling": "fair"}
+        _cfg_m = lambda: method_cfg  # noqa: E731
+    else:
+        _cfg_m = lambda: _cfg(method)  # noqa: E731
+    ref = run_search(_cfg_m(), ds, tmp_path / "ref", device="cpu", progress=False)
     # 28 training images, batch 8: 3 steps per epoch. Killed after step 3 (before the epoch-end checkpoint):
     # the last checkpoint is mid-epoch (step 2), so the resume replays the epoch's data stream and redoes step 3
     with pytest.raises(LoopInterrupted):
-        run_search(_cfg(method), ds, tmp_path / "run", device="cpu", progress=False, on_step=_stop_at(3))
+        run_search(_cfg_m(), ds, tmp_path / "run", device="cpu", progress=False, on_step=_stop_at(3))
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (2, 0, 2)
-    res = run_search(_cfg(method), ds, tmp_path / "run", device="cpu", progress=False)
+    res = run_search(_cfg_m(), ds, tmp_path / "run", device="cpu", progress=False)
     assert res.arch == ref.arch
     _assert_same(torch.load(ref.out_dir / "checkpoint.pt", weights_only=True),
                  torch.load(res.out_dir / "checkpoint.pt", weights_only=True))

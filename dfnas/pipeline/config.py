@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from dfnas.config import from_dict, load_yaml, merge_layers, to_dict
+from dfnas.config import from_dict, identity_dict, load_yaml, merge_layers, to_dict
 from dfnas.errors import ConfigError
 from dfnas.io import config_hash
 from dfnas.search.api import SearchConfig
@@ -99,7 +99,7 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine results (used to refuse resuming a run dir with another config)."""
-        d = to_dict(self)
+        d = identity_dict(self)
         d["synthesis"].pop("teacher", None)  # same as the top-level teacher
         for key in _NOT_IDENTITY:
             node = d
@@ -112,11 +112,9 @@ class RunConfig:
             d["teacher"].pop(k, None)
         # settings added after runs existed, left out while they cannot change results, so older run
         # directories still resume: the training-free block unless the search is training-free, the
-        # generator's original output layer, batch mixing while off
+        # generator's original output layer (fields marked ADDED_LATER: see identity_dict)
         if not self._training_free():
             d["search"].pop("zerocost", None)
-        if d.get("train", {}).get("mix") == "none":
-            d["train"].pop("mix")
         gen = d["synthesis"].get("generator")
         if isinstance(gen, dict) and gen.get("output") == "sigmoid":
             gen.pop("output")

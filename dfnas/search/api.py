@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dfnas import distributed as D
-from dfnas.config import from_dict, to_dict
+from dfnas.config import from_dict, identity_dict, to_dict
 from dfnas.data import ImageSet, open_dataset
 from dfnas.errors import ConfigError
 from dfnas.io import atomic_write_json
@@ -112,9 +112,10 @@ class SearchConfig:
         """This config as a plain dict with the method's default epochs filled in (what a run records).
 
         ``only_active_method`` drops the option blocks of the methods that do not run (their settings cannot
-        change this run's result), e.g. to key cached results on the settings that matter.
+        change this run's result), and settings added later while at their defaults (``identity_dict``), e.g.
+        to key cached results on the settings that matter.
         """
-        d = {**to_dict(self), "epochs": self.resolved_epochs()}
+        d = {**(identity_dict(self) if only_active_method else to_dict(self)), "epochs": self.resolved_epochs()}
         if only_active_method:
             d = {k: v for k, v in d.items() if k == self.options_field() or k not in SEARCH_METHODS}
         return d
@@ -179,7 +180,7 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
     tch = resolve_teacher(teacher, dev, ds)
     trains = not get_method_cls(cfg.method).training_free  # a training-free search ignores the loop settings
     identity = {
-        "kind": "search", "method": cfg.method, "method_options": to_dict(cfg.method_options()),
+        "kind": "search", "method": cfg.method, "method_options": identity_dict(cfg.method_options()),
         "space": space.config(),
         "loop": loop_identity(cfg.loop()) if trains else None,
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,

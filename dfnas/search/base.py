@@ -75,6 +75,11 @@ class SearchMethod:
     def before_weight_step(self, ctx: LoopContext) -> None:
         """Configure the model for the weight step (set a path or option weights)."""
 
+    def weight_paths(self, ctx: LoopContext) -> list[Arch] | None:
+        """Paths whose gradients one weight step sums on the same batch (each path's loss divided by their
+        number), e.g. FairNAS's strict fairness; None: one forward pass of what ``before_weight_step`` set."""
+        return None
+
     def prepare_eval(self, ctx: LoopContext) -> bool:
         """Configure the model for held-out evaluation; False to skip evaluation this epoch."""
         return True

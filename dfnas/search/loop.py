@@ -17,13 +17,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dfnas.config import ADDED_LATER, identity_dict
 from dfnas.data.imageset import MIX_MODES, ImageSet, iterate_batches
 from dfnas.errors import ConfigError, DfnasError
 from dfnas.io import MetricLogger, atomic_torch_save
@@ -52,7 +53,8 @@ class LoopConfig:
     grad_clip: float = 5.0  # max global L2 norm of weight gradients; <= 0 disables clipping
     augment: bool = True  # random canvas crop + horizontal flip (ImageSet.crop_batch)
     pad: int = 4  # zero padding for random crops of images exactly the input size
-    mix: str = "none"  # none | mixup | cutmix within each batch (needs an online teacher to label the mix)
+    mix: str = field(default="none", metadata=ADDED_LATER)  # none | mixup | cutmix within each batch (needs an
+    # online teacher to label the mixed images)
     checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends only
     log_every_steps: int = 10
     eval_max_batches: int | None = 8  # held-out batches evaluated per epoch; None: all; 0: no evaluation
@@ -71,12 +73,8 @@ class LoopConfig:
 
 
 def loop_identity(cfg: LoopConfig) -> dict[str, Any]:
-    """The loop settings that determine results: all but the cadence keys, and ``mix`` only when on (it came
-    later; runs without it keep their identity hashes)."""
-    d = {k: v for k, v in asdict(cfg).items() if k not in CADENCE_KEYS}
-    if d.get("mix") == "none":
-        d.pop("mix")
-    return d
+    """The loop settings that determine results: all but the cadence keys (settings added later only when set)."""
+    return {k: v for k, v in identity_dict(cfg).items() if k not in CADENCE_KEYS}
 
 
 
@@ -345,13 +343,7 @@ def _train_epochs(ctx: LoopContext, st: dict[str, Any], data_gen: torch.Generato
             method.before_weight_step(ctx)
             model.train()
             opt.zero_grad(set_to_none=True)
-            logits = model(x)  # (B, K)
-            loss = ctx.criterion(logits, x, y)
-            lv = float(loss.detach())
-            if not torch.isfinite(loss.detach()):
-                raise DfnasError(f"training loss became {lv} at step {ctx.step} (epoch {ctx.epoch}); "
-                                 "lower the learning rate (lr) or enable grad_clip")
-            loss.backward()
+            logits, lv = _forward_backward(ctx, x, y)
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -375,6 +367,26 @@ def _train_epochs(ctx: LoopContext, st: dict[str, Any], data_gen: torch.Generato
         ctx.epoch += 1
         st["batch_in_epoch"], st["epoch_gen"], st["stats"] = 0, data_gen.get_state(), [0.0, 0, 0]
         save()
+
+
+def _forward_backward(ctx: LoopContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Loss and gradients of one weight step on batch ``x`` (B, C, S, S): one pass of the configured model, or
+    the mean over the method's ``weight_paths`` (targets computed once). Returns (last logits (B, K), loss)."""
+    paths = ctx.method.weight_paths(ctx)
+    runs: list[Arch | None] = [None] if paths is None else list(paths)
+    target = ctx.criterion.targets(x, y)
+    lv = 0.0
+    for path in runs:
+        if path is not None:
+            ctx.model.set_path(path)
+        logits = ctx.model(x)  # (B, K)
+        loss = ctx.criterion.loss_on(logits, target) / len(runs)
+        if not torch.isfinite(loss.detach()):
+            raise DfnasError(f"training loss became {float(loss.detach())} at step {ctx.step} (epoch {ctx.epoch}); "
+                             "lower the learning rate (lr) or enable grad_clip")
+        loss.backward()
+        lv += float(loss.detach())
+    return logits.detach(), lv
 
 
 def _end_epoch(ctx: LoopContext, st: dict[str, Any], seconds: float) -> None:

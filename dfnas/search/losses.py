@@ -50,11 +50,19 @@ class Criterion:
         self.teacher = teacher
 
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.teacher is not None:
-            with torch.no_grad():
-                t = self.teacher(x)
-            return kd_loss(logits, t, self.temperature)
-        if self.label_mode == "distill":
+        return self.loss_on(logits, self.targets(x, target))
+
+    def targets(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """What the loss compares the student with on batch ``x``: the online teacher's logits (B, K) when
+        there is one, else the stored supervision ``target``."""
+        if self.teacher is None:
+            return target
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def loss_on(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss against ``targets(x, target)`` (computed once when several paths share a batch)."""
+        if self.teacher is not None or self.label_mode == "distill":
             return kd_loss(logits, target, self.temperature)
         if self.label_mode == "soft":
             return soft_cross_entropy(logits, target)

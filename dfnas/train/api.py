@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dfnas import distributed as D
-from dfnas.config import from_dict, to_dict
+from dfnas.config import ADDED_LATER, from_dict, to_dict
 from dfnas.data import ImageSet, open_dataset
 from dfnas.data.imageset import iterate_batches
 from dfnas.errors import ConfigError
@@ -54,7 +54,8 @@ class TrainConfig:
     label_mode: str | None = None  # distill | soft | hard; None: the dataset's own
     temperature: float = 4.0
     augment: bool = True
-    mix: str = "none"  # none | mixup | cutmix within batches (data-free training with the online teacher)
+    mix: str = field(default="none", metadata=ADDED_LATER)  # none | mixup | cutmix within batches (needs the
+    # online teacher, which labels the mixed images)
     checkpoint_every_steps: int = 0
     log_every_steps: int = 20
     eval_max_batches: int | None = None  # held-out batches evaluated per epoch (None: all)

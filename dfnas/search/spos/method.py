@@ -1,6 +1,7 @@
 """Single Path One-Shot (Guo et al., ECCV 2020): uniform single-path supernet training, then evolution.
 
-Weight step: a path drawn uniformly (each decision independently) from the method's generator. No
+Weight step: a path drawn uniformly (each decision independently) from the method's generator, or with
+``sampling: fair`` the m paths of FairNAS's strict fairness, whose gradients are summed on the batch. No
 architecture parameters, no architecture steps. After training, ``finalize`` runs the constrained
 evolutionary search of ``evolution.py``, scoring each candidate by top-1 accuracy on (a part of) the
 held-out split, against the dataset's hard labels or the argmax of the stored teacher logits, after
@@ -10,12 +11,12 @@ recalibrating BatchNorm statistics for that path on a fixed set of training batc
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from dfnas.config import to_dict
+from dfnas.config import ADDED_LATER, to_dict
 from dfnas.data.imageset import iterate_batches
 from dfnas.errors import ConfigError
 from dfnas.repro import make_generator
@@ -24,6 +25,8 @@ from dfnas.search.bn import recalibrate_bn
 from dfnas.search.loop import LoopContext
 from dfnas.search.spos.evolution import Evolution, EvolutionConfig
 from dfnas.spaces.base import Arch
+
+SAMPLINGS = ("uniform", "fair")
 
 
 @dataclass
@@ -36,8 +39,14 @@ class SposConfig:
     max_tries: int = 200
     bn_batches: int = 4  # training batches (of batch_size) forwarded to recalibrate BN per candidate
     eval_batches: int | None = 4  # held-out batches (of eval_batch_size) scoring each candidate; None: all
+    # uniform: one path per weight step, each option drawn uniformly (the paper); fair: FairNAS's strict fairness
+    # (Chu et al., ICCV 2021): every weight step sums the gradients of m paths on the same batch, where m is the
+    # most options a decision has and each decision runs each of its options once (a random permutation)
+    sampling: str = field(default="uniform", metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"spos.sampling {self.sampling!r} is not one of {list(SAMPLINGS)}")
         if self.bn_batches < 1:
             raise ConfigError(f"spos.bn_batches must be >= 1, got {self.bn_batches}")
         if self.eval_batches is not None and self.eval_batches < 1:
@@ -61,7 +70,17 @@ class SposMethod(SearchMethod):
         self._evo_state: dict[str, Any] | None = None
 
     def before_weight_step(self, ctx: LoopContext) -> None:
-        ctx.model.set_path(self.space.sample(self.generator))
+        if self.options.sampling == "uniform":
+            ctx.model.set_path(self.space.sample(self.generator))
+
+    def weight_paths(self, ctx: LoopContext) -> list[Arch] | None:
+        if self.options.sampling == "uniform":
+            return None
+        dec = self.space.decisions()
+        m = max(len(opts) for opts in dec.values())
+        # per decision a random order of its options; path i takes the i-th (cycled where a decision has fewer)
+        order = {k: torch.randperm(len(opts), generator=self.generator).tolist() for k, opts in dec.items()}
+        return [Arch.of(self.space.name, {k: dec[k][order[k][i % len(dec[k])]] for k in dec}) for i in range(m)]
 
     def prepare_eval(self, ctx: LoopContext) -> bool:
         return False  # no single architecture to evaluate during supernet training
