@@ -45,8 +45,9 @@ import costs  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "ranking_consistency"
-PROXIES = ("trained", "spos")
-PROXY_LABELS = {"trained": "stand-alone training", "spos": "SPOS inherited weights"}
+PROXIES = ("trained", "spos", "spos_fair")
+PROXY_LABELS = {"trained": "stand-alone training", "spos": "SPOS inherited weights",
+                "spos_fair": "SPOS inherited weights, strict-fairness supernet"}
 SCORES = ("real_test", "held_out")
 SCORE_LABELS = {"real_test": "real exact test (true labels)", "held_out": "source held-out split (source labels)"}
 
@@ -110,8 +111,11 @@ def trained_hash(budget: Budget) -> str:
     return common.stable_hash({k: v for k, v in budget.as_dict().items() if k != "spos_loop"})
 
 
-def spos_hash(budget: Budget) -> str:
-    return common.stable_hash({k: v for k, v in budget.as_dict().items() if k != "train"})
+def spos_hash(budget: Budget, sampling: str = "uniform") -> str:
+    d = {k: v for k, v in budget.as_dict().items() if k != "train"}
+    if sampling != "uniform":  # recorded only when not the paper's, so the uniform results keep their hashes
+        d["spos_sampling"] = sampling
+    return common.stable_hash(d)
 
 
 def split(ds: Any, budget: Budget) -> tuple[Any, Any]:
@@ -179,8 +183,10 @@ def train_cell(arch: Any, idx: int, source: str, train: Any, held: Any, real_tes
 
 
 def spos_scores(archs: list[Any], source: str, train: Any, held: Any, real_test: Any, budget: Budget, runs: Path,
-                progress: bool) -> dict[str, Any]:
-    """Train (or resume) one SPOS supernet on ``train``; score every cell with inherited, BN-recalibrated weights."""
+                progress: bool, sampling: str = "uniform") -> dict[str, Any]:
+    """Train (or resume) one SPOS supernet on ``train``; score every cell with inherited, BN-recalibrated weights.
+
+    ``sampling``: the supernet's weight steps (``spos.sampling``: uniform single paths, or strict fairness)."""
     from dfnas.data.imageset import iterate_batches
     from dfnas.repro import make_generator
     from dfnas.search.base import build_method
@@ -193,16 +199,19 @@ def spos_scores(archs: list[Any], source: str, train: Any, held: Any, real_test:
     space = space_for(budget, train)
     # the SPOS method as dfnas.search runs it (uniform single-path weight steps); its evolution is cut to
     # one generation of two candidates because here every sampled cell is scored instead
-    opts = SposConfig(population=2, top_k=1, generations=1, bn_batches=1, eval_batches=1)
+    opts = SposConfig(population=2, top_k=1, generations=1, bn_batches=1, eval_batches=1, sampling=sampling)
     dev = torch.device("cpu")
     method = build_method("spos", space, opts, make_generator(budget.seed, "method", "spos"), dev)
     loop = LoopConfig(**budget.spos_loop)
-    out = runs / source / common.run_name("spos_supernet", spos_hash(budget))
+    name = "spos_supernet" if sampling == "uniform" else f"spos_{sampling}_supernet"
+    out = runs / source / common.run_name(name, spos_hash(budget, sampling))
     out.mkdir(parents=True, exist_ok=True)
     from dfnas.search.rundir import dataset_info
 
     ident = {"kind": f"{NAME}/spos", "space": space.config(), "loop": common.stable_hash(budget.spos_loop),
              "seed": budget.seed, "train": dataset_info(train), "label_mode": train.label_mode}
+    if sampling != "uniform":
+        ident["sampling"] = sampling
     t0 = time.perf_counter()
     outcome = run_loop(method, train, held, loop, Criterion(train.label_mode, 4.0), out, dev,
                        common.stable_hash(ident), budget.seed, progress=progress, desc=f"spos supernet [{source}]")
@@ -342,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
     common.add_sources_arg(p)
     p.add_argument("--no-spos", action="store_true", help="skip the SPOS inherited-weight proxy")
+    p.add_argument("--spos-fair", action="store_true",
+                   help="also score the cells with a strict-fairness SPOS supernet (5 paths per step: 5x the cost)")
     p.add_argument("--zerocost", action="store_true",
                    help="run only the training-free rankers (zero-cost proxies, zerocost_ranking.py)")
     args = p.parse_args(argv)
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     store = common.CellStore(work / NAME / "cells")
     runs = work / NAME / "runs"
     progress = not args.quiet
-    th, sh = trained_hash(budget), spos_hash(budget)
+    th, sh, shf = trained_hash(budget), spos_hash(budget), spos_hash(budget, "fair")
 
     from dfnas.spaces.nb201 import NB201Space
     from dfnas.spaces.nb201_table import NB201Table
@@ -380,12 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     def todo_spos(s: str) -> bool:
         return not args.no_spos and store.get(s, "spos", "scores", cell_hash=sh) is None
 
+    def todo_fair(s: str) -> bool:
+        return args.spos_fair and store.get(s, "spos_fair", "scores", cell_hash=shf) is None
+
     n_tr = sum(len(todo_trained(s)) for s in sources)
-    n_sp = sum(todo_spos(s) for s in sources)
+    n_sp = sum(todo_spos(s) for s in sources) + 5 * sum(todo_fair(s) for s in sources)
     if not args.summary_only and (n_tr or n_sp or args.estimate_only):
         common.log(f"{NAME} [{args.budget}]: {len(archs)} cells x {len(sources)} sources; {n_tr} stand-alone "
                    f"trainings and {n_sp} SPOS supernets to run. Calibrating the cost model ...")
-        need = [s for s in sources if todo_trained(s) or todo_spos(s)]
+        need = [s for s in sources if todo_trained(s) or todo_spos(s) or todo_fair(s)]
         cals = costs.calibrate(budget.space, int(budget.train["batch_size"]),
                                 need_teacher=any(SOURCES[s].kind == "synthesis" for s in need))
 
@@ -422,16 +436,25 @@ def main(argv: list[str] | None = None) -> int:
                 store.put({"source": s, **rec}, s, "spos", "scores", cell_hash=sh)
                 common.log(f"{s} SPOS supernet + {len(archs)} evaluations; "
                            f"{eta.done(per_spos, time.perf_counter() - t0)}")
+            if todo_fair(s):
+                t0 = time.perf_counter()
+                rec = spos_scores(archs, s, train, held, real_test, budget, runs, progress, sampling="fair")
+                store.put({"source": s, **rec}, s, "spos_fair", "scores", cell_hash=shf)
+                common.log(f"{s} strict-fairness SPOS supernet + {len(archs)} evaluations; "
+                           f"{eta.done(5 * per_spos, time.perf_counter() - t0)}")
     # the summary covers every source with finished results, whichever subset this invocation ran
     per_source: dict[str, dict[str, Any]] = {}
     for s in SOURCES:
         tr = [store.get(s, "trained", f"cell{i:02d}", cell_hash=th) for i in range(len(archs))]
         sp = store.get(s, "spos", "scores", cell_hash=sh)
+        spf = store.get(s, "spos_fair", "scores", cell_hash=shf)
         entry: dict[str, Any] = {}
         if all(r is not None for r in tr):
             entry["trained"] = [{"real_test": r["real_test"], "held_out": r["held_out"]} for r in tr if r]
         if sp is not None:
             entry["spos"] = sp["scores"]
+        if spf is not None:
+            entry["spos_fair"] = spf["scores"]
         if entry:
             per_source[s] = entry
     shown = [s for s in SOURCES if s in per_source]
