@@ -240,6 +240,15 @@ class Space(ABC):
             out[k] = opts[int(torch.randint(len(opts), (1,), generator=generator))]
         return Arch.of(self.name, out)
 
+    def fair_paths(self, generator: torch.Generator) -> list[Arch]:
+        """FairNAS's strict fairness (Chu et al., ICCV 2021): m paths, m = the most options any decision has, in
+        which every decision takes each of its options once (a random order per decision; cycled where a
+        decision has fewer than m)."""
+        dec = self.decisions()
+        m = max(len(opts) for opts in dec.values())
+        order = {k: torch.randperm(len(opts), generator=generator).tolist() for k, opts in dec.items()}
+        return [Arch.of(self.name, {k: dec[k][order[k][i % len(dec[k])]] for k in dec}) for i in range(m)]
+
     def derive(self, weights: Mapping[str, torch.Tensor]) -> Arch:
         """Discrete architecture from architecture parameters: argmax per decision (spaces may override)."""
         return Arch.of(self.name, {k: opts[int(torch.as_tensor(weights[k]).argmax())]

@@ -76,11 +76,7 @@ class SposMethod(SearchMethod):
     def weight_paths(self, ctx: LoopContext) -> list[Arch] | None:
         if self.options.sampling == "uniform":
             return None
-        dec = self.space.decisions()
-        m = max(len(opts) for opts in dec.values())
-        # per decision a random order of its options; path i takes the i-th (cycled where a decision has fewer)
-        order = {k: torch.randperm(len(opts), generator=self.generator).tolist() for k, opts in dec.items()}
-        return [Arch.of(self.space.name, {k: dec[k][order[k][i % len(dec[k])]] for k in dec}) for i in range(m)]
+        return self.space.fair_paths(self.generator)
 
     def prepare_eval(self, ctx: LoopContext) -> bool:
         return False  # no single architecture to evaluate during supernet training
