@@ -113,20 +113,24 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
     return obj
 
 
+def _plain(v: Any, skip_later: bool) -> Any:
+    """Dataclasses, tuples and paths -> JSON-able values; ``skip_later`` drops ``ADDED_LATER`` fields at their
+    defaults."""
+    if dataclasses.is_dataclass(v):
+        return {f.name: _plain(getattr(v, f.name), skip_later) for f in dataclasses.fields(v)
+                if not (skip_later and f.metadata.get("added_later") and getattr(v, f.name) == f.default)}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, skip_later) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x, skip_later) for k, x in v.items()}
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Dataclass -> plain JSON-able dict (tuples become lists)."""
-    def conv(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    return conv(cfg)
+    return _plain(cfg, skip_later=False)
 
 
 # field metadata of settings added after run directories existed: at their default they reproduce the earlier
@@ -137,17 +141,7 @@ ADDED_LATER = {"added_later": True}
 def identity_dict(cfg: Any) -> dict[str, Any]:
     """``to_dict`` for resume identities and cache keys: fields marked ``ADDED_LATER`` are left out while they
     hold their default."""
-    def conv(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)
-                    if not (f.metadata.get("added_later") and getattr(v, f.name) == f.default)}
-        if isinstance(v, (list, tuple)):
-            return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        return to_dict(v) if dataclasses.is_dataclass(v) else (str(v) if isinstance(v, Path) else v)
-
-    return conv(cfg)
+    return _plain(cfg, skip_later=True)
 
 
 def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:

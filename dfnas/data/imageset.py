@@ -155,12 +155,12 @@ def mix_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.T
     if mode == "mixup":
         return x * lam + x[perm] * (1.0 - lam)
     cut_h, cut_w = int(round(h * math.sqrt(1.0 - lam))), int(round(w * math.sqrt(1.0 - lam)))
-    cy, cx = (int(v) for v in torch.randint(0, h, (1,), generator=generator).tolist() +
-              torch.randint(0, w, (1,), generator=generator).tolist())
+    cy = int(torch.randint(0, h, (1,), generator=generator))  # box centre
+    cx = int(torch.randint(0, w, (1,), generator=generator))
     y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
     x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
     out = x.clone()
-    out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+    out[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]  # only the box of the partners is gathered
     return out
 
 

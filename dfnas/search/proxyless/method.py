@@ -75,6 +75,10 @@ class ProxylessMethod(AlphaMethod):
     needs_held_out = True
     default_epochs = 30
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reset_diagnostics()
+
     def setup(self, ctx: LoopContext) -> None:
         o: ProxylessConfig = self.options
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=o.arch_lr, betas=tuple(o.arch_betas),
@@ -86,7 +90,6 @@ class ProxylessMethod(AlphaMethod):
         base, costs = cost_tables(self.space)
         self.base_macs = float(base)
         self.costs = {k: c.to(self.device) for k, c in costs.items()}
-        self._reset_diagnostics()
 
     def _reset_diagnostics(self) -> None:
         """Per-epoch counters of why the search moves (logged at epoch ends): per decision and option (n,),
@@ -136,8 +139,7 @@ class ProxylessMethod(AlphaMethod):
         for k in self.keys:
             i = int(self._sample_index(torch.softmax(self.alphas[k].detach(), 0), 1))
             path[k] = dec[k][i]
-            if hasattr(self, "diag"):
-                self.diag[k]["sampled"][i] += 1
+            self.diag[k]["sampled"][i] += 1
         return Arch.of(self.space.name, path)
 
     def wants_arch_step(self, ctx: LoopContext) -> bool:
