@@ -135,3 +135,37 @@ def test_eval_teacher_resnet20_on_exact_test_set() -> None:
     res = evaluate_teacher(TeacherConfig(name="cifar10_resnet20", download=False), EXACT_TEST)
     assert res["images"] == 1017
     assert res["top1"] == pytest.approx(0.9164, abs=5e-4)  # 932 / 1017, the published measurement
+
+
+class _Branchy(torch.nn.Module):
+    """Python control flow on tensor values: a trace would keep only the branch of its example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean((2, 3))
+        return y if x.mean() > 0 else -y
+
+
+def test_compiled_inference_matches_forward_and_stays_out_of_the_module_tree() -> None:
+    import copy
+
+    from dfnas.teachers.teacher import compile_for_inference
+
+    t = load_teacher("cifar10_resnet20")
+    names = [n for n, _ in t.named_modules()]
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fast = t.logits(x)
+    assert not fast.requires_grad
+    torch.testing.assert_close(fast, t(x).detach(), atol=1e-4, rtol=1e-4)
+    assert t._compiled["cpu"] is not None  # ResNet-20 traces; the compiled copy is reused per device
+    torch.testing.assert_close(t.logits(x[:2]), t(x[:2]).detach(), atol=1e-4, rtol=1e-4)  # other batch size
+    assert [n for n, _ in t.named_modules()] == names and len(t.batchnorms()) == 19
+    assert not any("_compiled" in k for k in t.state_dict())
+    twin = copy.deepcopy(t)  # copies compile their own
+    assert len(twin._compiled) == 0
+    torch.testing.assert_close(twin.logits(x), fast)
+    # a data-dependent branch is refused (the trace would be wrong for inputs taking the other branch)
+    assert compile_for_inference(_Branchy(), torch.rand(2, 3, 8, 8)) is None

@@ -58,7 +58,8 @@ class Criterion:
         if self.teacher is None:
             return target
         with torch.no_grad():
-            return self.teacher(x)
+            label = getattr(self.teacher, "logits", self.teacher)  # a Teacher's compiled inference path
+            return label(x)
 
     def loss_on(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss against ``targets(x, target)`` (computed once when several paths share a batch)."""
