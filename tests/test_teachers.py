@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -150,8 +151,6 @@ class _Branchy(torch.nn.Module):
 
 
 def test_compiled_inference_matches_forward_and_stays_out_of_the_module_tree() -> None:
-    import copy
-
     from dfnas.teachers.teacher import compile_for_inference
 
     t = load_teacher("cifar10_resnet20")

@@ -159,8 +159,7 @@ class OnlineBank(DataSource):
                                        self.scfg.generator.steps, z_gen, geom, student=student,
                                        where=f"online epoch {epoch} batch {index}")
         images = to_uint8(canvas)  # (count, C, S, S)
-        with torch.no_grad():
-            logits = self.teacher.logits(centre_crop(images, self.bank.input_size).float().div(255.0)).float().cpu()
+        logits = self.teacher.logits(centre_crop(images, self.bank.input_size).float().div(255.0)).float().cpu()
         slots = (self.position + torch.arange(count)) % n
         self.bank.images[slots] = images.cpu()
         self.bank.targets[slots] = targets
