@@ -94,6 +94,8 @@ DATA_BUDGETS: dict[str, DataBudget] = {
     # ranking_consistency and datafree_training: 1,000 images per source, same recipe (training from
     # scratch needs more images than a search to separate architectures at all)
     "cpu_train": DataBudget(1000, "default", home="cpu"),
+    # search_quality's 5,000-image variant: ten times the images of `cpu`, same recipe
+    "cpu_5k": DataBudget(5000, "default", home="cpu"),
 }
 
 

@@ -49,6 +49,8 @@ METHODS: dict[str, Method] = {
     # FairNAS's strict fairness: every weight step trains each op of every edge once (5 paths on the batch), so
     # each op gets all 210 updates instead of ~42; the compute per step is then that of the DARTS supernet
     "spos_fair": Method("SPOS, strict fairness", {"method": "spos", "spos": {"sampling": "fair"}}),
+    # candidates ranked by the held-out search loss instead of top-1 (finer than top-1 on a few hundred images)
+    "spos_loss": Method("SPOS, loss score", {"method": "spos", "spos": {"score": "loss"}}),
 }
 
 
@@ -81,6 +83,25 @@ BUDGETS: dict[str, Budget] = {
         search={"epochs": 30, "batch_size": 32, "held_out": 0.5, "eval_max_batches": 8},
         seeds=(0, 1, 2),
         note="cpu: 500 images per source; NB201 supernet C=8 N=1; 30 epochs x batch 32 (210 weight steps)"),
+    # The 5,000-image variant: does more data change what search finds at (nearly) the same compute? 3 epochs
+    # of the 2,500-image training half are 234 weight steps (11 % more than `cpu`; the nearest whole number of
+    # epochs, so the cosine schedule runs to its end); every held-out evaluation sees more images.
+    "cpu_5k": Budget(
+        data=common.DATA_BUDGETS["cpu_5k"],
+        space={"C": 8, "N": 1},
+        search={"epochs": 3, "batch_size": 32, "held_out": 0.5, "eval_max_batches": 8},
+        seeds=(0, 1, 2),
+        note="cpu_5k: 5,000 images per source; NB201 supernet C=8 N=1; 3 epochs x batch 32 (234 weight steps)"),
+    # As cpu_5k with the benchmark's own depth (N=5: five cells per stage, 17 in all, as the ground truth was
+    # trained): every top-0.27 % cell has a skip on the cell's input-to-output edge, a residual that pays off
+    # only in a deep stack, which the N=1 supernet (three cells) has no reason to prefer. About 4x the compute.
+    "cpu_5k_n5": Budget(
+        data=common.DATA_BUDGETS["cpu_5k"],
+        space={"C": 8, "N": 5},
+        search={"epochs": 3, "batch_size": 32, "held_out": 0.5, "eval_max_batches": 8},
+        seeds=(0, 1, 2),
+        note="cpu_5k_n5: 5,000 images per source; NB201 supernet C=8 N=5 (the benchmark's depth); 3 epochs x "
+             "batch 32 (234 weight steps)"),
 }
 
 

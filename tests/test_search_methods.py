@@ -191,3 +191,32 @@ def test_spos_fair_sampling_runs_every_option_of_every_decision_once_per_step():
     assert uniform.weight_paths(None) is None  # the paper's single path (set by before_weight_step)
     with pytest.raises(ConfigError, match="spos.sampling 'strict' is not one of"):
         build_method("spos", space, {"sampling": "strict"}, make_generator(0, "m"), torch.device("cpu"))
+
+
+def test_spos_loss_score_is_minus_the_held_out_loss_of_the_returned_cell(tmp_path):
+    import itertools
+
+    from dfnas.data.imageset import iterate_batches
+    from dfnas.search.bn import recalibrate_bn
+
+    ds = tiny_set()
+    train, held = ds.split(0.5, torch.Generator().manual_seed(0))
+    space = build_space("nb201", num_classes=4, input_size=8, C=2)
+    opts = {**SPOS_SMALL, "score": "loss", "bn_batches": 2, "eval_batches": None}
+    m = build_method("spos", space, opts, make_generator(0, "method"), torch.device("cpu"))
+    crit = Criterion("distill", 4.0)
+    cfg = LoopConfig(epochs=2, batch_size=8, max_steps=3, eval_max_batches=1)
+    out = run_loop(m, train, held, cfg, crit, tmp_path, torch.device("cpu"), "h", seed=0, progress=False)
+    # recompute independently: the same BN batches, then the mean KD loss over every held-out image
+    bn = [x for x, _ in itertools.islice(iterate_batches(train, 8, make_generator(0, "spos", "bn-batches"),
+                                                         augment=False, device=torch.device("cpu")), 2)]
+    model = out.model
+    model.set_path(out.arch)
+    recalibrate_bn(model, bn)
+    with torch.no_grad():
+        x, y = next(iterate_batches(held, len(held), None, augment=False, device=torch.device("cpu")))
+        expected = -float(crit(model(x), x, y))
+    assert out.extra["spos"]["best_score"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert expected < 0
+    with pytest.raises(ConfigError, match="spos.score 'top5' is not one of"):
+        build_method("spos", space, {"score": "top5"}, make_generator(0, "m"), torch.device("cpu"))
