@@ -102,6 +102,14 @@ BUDGETS: dict[str, Budget] = {
         seeds=(0, 1, 2),
         note="cpu_5k_n5: 5,000 images per source; NB201 supernet C=8 N=5 (the benchmark's depth); 3 epochs x "
              "batch 32 (234 weight steps)"),
+    # As cpu_5k with 10x the weight steps (30 epochs, 2,340 steps): is SPOS's supernet just undertrained?
+    "cpu_5k_long": Budget(
+        data=common.DATA_BUDGETS["cpu_5k"],
+        space={"C": 8, "N": 1},
+        search={"epochs": 30, "batch_size": 32, "held_out": 0.5, "eval_max_batches": 8},
+        seeds=(0, 1, 2),
+        note="cpu_5k_long: 5,000 images per source; NB201 supernet C=8 N=1; 30 epochs x batch 32 (2,340 weight "
+             "steps)"),
 }
 
 
