@@ -80,9 +80,13 @@ class DataBudget:
         return {"n_images": self.n_images, "synth_preset": self.synth_preset,
                 "synth_overrides": dict(self.synth_overrides)}
 
+    def home_dir(self, work: Path) -> Path:
+        """Work dir of the budget that holds these datasets, given the running budget's ``<work>/<budget>``."""
+        return work.parent / self.home if self.home else work
+
     def root(self, work: Path) -> Path:
         """Folder of this budget's datasets, given the running budget's work dir ``<work>/<budget>``."""
-        return (work.parent / self.home if self.home else work) / "data" / f"n{self.n_images}"
+        return self.home_dir(work) / "data" / f"n{self.n_images}"
 
 
 # Datasets shared between benchmarks (cached by image count under _work/<budget>/data/n<N>/<source>).

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         dbud = data_budget(args.budget, budget, var)
         ds, info = common.prepare_source(var.source, dbud, work, not args.quiet)
         # the time to make a dataset is recorded where it was made: under the budget that holds the data
-        info_root = (work.parent / dbud.home if dbud.home else work) / NAME / f"n{dbud.n_images}"
+        info_root = dbud.home_dir(work) / NAME / f"n{dbud.n_images}"
         src_info = common.get_source_info(info_root, var.source)
         common.put_source_info(info_root, var.source, info)
         make_s = float(info["make_seconds"] or src_info.get("make_seconds") or 0.0)

@@ -123,16 +123,15 @@ class SposMethod(SearchMethod):
         def score(arch: Arch) -> float:
             model.set_path(arch)
             recalibrate_bn(model, bn_batches)
-            correct = n = 0
-            loss = 0.0
+            total, n = 0.0, 0  # summed over images: minus the loss, or 100 per correct top-1
             for x, y in eval_batches:
                 logits = model(x)  # (B, K)
                 if o.score == "loss":
-                    loss += float(ctx.criterion(logits, x, y)) * len(x)
+                    total -= float(ctx.criterion(logits, x, y)) * len(x)
                 else:
-                    correct += int((logits.argmax(1) == ctx.criterion.classes(y)).sum())
+                    total += 100.0 * int((logits.argmax(1) == ctx.criterion.classes(y)).sum())
                 n += len(x)
-            return -loss / max(n, 1) if o.score == "loss" else 100.0 * correct / max(n, 1)
+            return total / max(n, 1)
 
         evo = self.make_evolution(ctx)
 
