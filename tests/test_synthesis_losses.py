@@ -37,6 +37,23 @@ def test_soft_cross_entropy_matches_hard_and_has_softmax_gradient() -> None:
     assert torch.allclose(g, (torch.softmax(logits.detach() / t, 1) - p) / (t * 5))
 
 
+def test_soft_cross_entropy_cap_drops_only_images_at_or_above_the_cap() -> None:
+    # image 0: p(target 0) = 0.9 (at the cap 0.8 -> dropped); image 1: p(target 1) = 0.1 (kept)
+    logits = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.45, 0.1, 0.45]], dtype=torch.float64))
+    logits.requires_grad_(True)
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    loss = soft_cross_entropy(logits, targets, cap=0.8)
+    assert loss.item() == pytest.approx(-math.log(0.1) / 2)  # the mean stays over both images
+    (g,) = torch.autograd.grad(loss, logits)
+    assert torch.equal(g[0], torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(g[1], (torch.tensor([0.45, 0.1, 0.45], dtype=torch.float64) - targets[1]) / 2)
+    # the cap reads the teacher at T = 1 even when the loss is at another temperature, and 1 never drops
+    assert soft_cross_entropy(logits, targets, 2.0, cap=0.8).item() == pytest.approx(
+        soft_cross_entropy(logits[1:], targets[1:], 2.0).item() / 2)
+    assert soft_cross_entropy(logits, targets, cap=1.0).item() == pytest.approx(
+        soft_cross_entropy(logits, targets).item())
+
+
 def test_tv_terms_values_and_gradients() -> None:
     x = torch.tensor([[[[0.0, 1.0], [3.0, 1.0]]]], dtype=torch.float64)
     # vertical diffs: 3, 0 ; horizontal diffs: 1, -2

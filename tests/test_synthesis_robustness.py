@@ -24,7 +24,8 @@ def _run(cfg, out: Path, teacher, **kw) -> Path:
 
 def test_non_finite_settings_are_rejected() -> None:
     for bad in ("lr=.inf", "lr=.nan", "tv_l2_weight=.inf", "calibration_temperature=.inf",
-                "calibration_loss_temperature=0"):
+                "calibration_loss_temperature=0", "onehot_loss_temperature=0", "onehot_loss_temperature=.inf",
+                "ce_confidence_cap=0", "ce_confidence_cap=1.5"):
         with pytest.raises(ConfigError):
             make_config("tiny", [bad])
 
@@ -159,3 +160,25 @@ def test_refusal_of_another_config_names_the_differing_keys(tmp_path: Path, teac
         _run(make_config("tiny", ["plots=false", "steps=7", "num_images=8"]), out, teacher)
     # settings that only change logs or pictures are not named (nor refused)
     _run(make_config("tiny", ["plots=false", "log_every=3"]), out, teacher)
+
+
+def test_round0_and_later_rounds_get_their_own_loss_temperature() -> None:
+    import dataclasses
+
+    import torch
+
+    from dfnas.synthesis.methods import ShardJob, SynthesisMethod
+    from dfnas.synthesis.runner import data_identity
+
+    job0 = ShardJob(round_idx=0, shard_idx=0, start=3, count=2, parent_targets=None)
+    targets, temp = SynthesisMethod.targets_for(job0, 4, torch.device("cpu"), 2.0, onehot_temperature=8.0)
+    assert temp == 8.0 and targets.tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]  # image i gets class i % K
+    soft = torch.full((2, 4), 0.25)
+    job1 = dataclasses.replace(job0, round_idx=1, parent_targets=soft)
+    targets, temp = SynthesisMethod.targets_for(job1, 4, torch.device("cpu"), 2.0, onehot_temperature=8.0)
+    assert temp == 2.0 and torch.equal(targets, soft)
+    # the defaults stay out of the data's identity (datasets made before the options keep their hash)
+    cfg = dataclasses.asdict(make_config("tiny"))
+    assert not {"onehot_loss_temperature", "ce_confidence_cap"} & set(data_identity(cfg, {})["config"])
+    cfg = dataclasses.asdict(make_config("tiny", ["onehot_loss_temperature=8", "ce_confidence_cap=0.9"]))
+    assert {"onehot_loss_temperature", "ce_confidence_cap"} <= set(data_identity(cfg, {})["config"])

@@ -46,6 +46,14 @@ class SynthesisConfig:
     tv_l1_weight: float = 0.0
     tv_l2_weight: float | None = None
     l2_weight: float = 0.0
+    # an image's cross-entropy term switches off while the teacher gives its top target class at least this
+    # probability (1 = never). Pushing a pixel image to certainty lowers the runner-up logits the most (the
+    # gradient on logit j is p_j), which flattens the teacher's class similarities that calibration passes on
+    ce_confidence_cap: float = 1.0
+    # temperature of the teacher's softmax in round 0's loss (one-hot targets). At T = 1 the push away from
+    # the runner-up classes is proportional to their probability, so the most similar classes are pushed down
+    # the most; a large T pushes every other class down nearly equally and leaves their order to the teacher
+    onehot_loss_temperature: float = 1.0
     calibration_temperature: float = 2.0  # softmax temperature of the soft targets of rounds >= 1
     # temperature of the teacher's softmax in the loss of rounds >= 1; None: calibration_temperature (the same
     # on both sides, so images become as confident as their parents). 1 with calibration_temperature T > 1
@@ -79,6 +87,9 @@ class SynthesisConfig:
             (self.calibration_temperature > 0, "calibration_temperature must be > 0"),
             (self.calibration_loss_temperature is None or 0 < self.calibration_loss_temperature < math.inf,
              "calibration_loss_temperature must be a finite number > 0 or null"),
+            (0 < self.ce_confidence_cap <= 1, f"ce_confidence_cap must lie in (0, 1], got {self.ce_confidence_cap}"),
+            (0 < self.onehot_loss_temperature < math.inf,
+             f"onehot_loss_temperature must be a finite number > 0, got {self.onehot_loss_temperature}"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.grid_per_class >= 1, "grid_per_class must be >= 1"),
             (self.label_mode in ("auto", "distill", "hard", "soft"),

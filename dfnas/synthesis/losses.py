@@ -16,13 +16,22 @@ from dfnas.errors import TeacherError
 from dfnas.teachers.teacher import Teacher
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                       cap: float = 1.0) -> torch.Tensor:
     """Cross-entropy of target distributions ``targets`` (B, K) to ``softmax(logits / T)`` (B, K).
 
-    With one-hot targets and T = 1 this is the ordinary hard-label cross-entropy.
+    With one-hot targets and T = 1 this is the ordinary hard-label cross-entropy. ``cap`` < 1 leaves out
+    (zero loss and gradient) each image whose teacher probability (T = 1) of its top target class is already
+    at least ``cap``; the mean stays over all B images, so the term shrinks as images reach the cap.
     """
     logp = F.log_softmax(logits / temperature, dim=1)
-    return -(targets * logp).sum(1).mean()
+    per_image = -(targets * logp).sum(1)  # (B,)
+    if cap < 1.0:
+        with torch.no_grad():
+            top = targets.argmax(1, keepdim=True)  # (B, 1)
+            below = torch.softmax(logits, 1).gather(1, top).squeeze(1) < cap  # (B,)
+        per_image = per_image * below
+    return per_image.mean()
 
 
 def tv_l1(x: torch.Tensor) -> torch.Tensor:
@@ -126,6 +135,8 @@ class LossWeights:
 
     ce: float = 1.0
     bn: float = 0.0
+    # not a weight: the confidence at which an image's cross-entropy term switches off (soft_cross_entropy)
+    ce_cap: float = 1.0
     tv_l1: float = 0.0
     tv_l2: float = 0.0
     l2: float = 0.0
@@ -142,7 +153,7 @@ def inversion_loss(teacher: Teacher, x: torch.Tensor, targets: torch.Tensor, tem
     logits = teacher(x)
     terms: dict[str, torch.Tensor] = {}
     if weights.ce > 0:
-        terms["ce"] = soft_cross_entropy(logits, targets, temperature)
+        terms["ce"] = soft_cross_entropy(logits, targets, temperature, weights.ce_cap)
     if weights.bn > 0:
         if bn_loss is None:
             raise ValueError("bn weight > 0 needs a BNStatsLoss")

@@ -98,11 +98,12 @@ class SynthesisMethod:
         return 0
 
     @staticmethod
-    def targets_for(job: ShardJob, num_classes: int, device: torch.device, temperature: float
-                    ) -> tuple[torch.Tensor, float]:
-        """(targets (N, K), loss temperature): balanced one-hot in round 0, the parents' soft targets later."""
+    def targets_for(job: ShardJob, num_classes: int, device: torch.device, temperature: float,
+                    onehot_temperature: float = 1.0) -> tuple[torch.Tensor, float]:
+        """(targets (N, K), loss temperature): balanced one-hot in round 0 (at ``onehot_temperature``), the
+        parents' soft targets later (at ``temperature``)."""
         if job.parent_targets is None:
-            return round0_targets(job.start, job.count, num_classes, device), 1.0
+            return round0_targets(job.start, job.count, num_classes, device), onehot_temperature
         return job.parent_targets.to(device), temperature
 
 
@@ -120,7 +121,7 @@ def loss_weights(cfg: SynthesisConfig) -> LossWeights:
     if cfg.ce_weight is None or cfg.bn_weight is None or cfg.tv_l2_weight is None:
         raise ValueError("loss weights are unresolved (None); resolve the config with the method's defaults first")
     return LossWeights(ce=cfg.ce_weight, bn=cfg.bn_weight, tv_l1=cfg.tv_l1_weight, tv_l2=cfg.tv_l2_weight,
-                       l2=cfg.l2_weight)
+                       l2=cfg.l2_weight, ce_cap=cfg.ce_confidence_cap)
 
 
 @SYNTHESIS_METHODS.register("full")
@@ -134,7 +135,8 @@ class InversionMethod(SynthesisMethod):
 
     def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = ctx.cfg
-        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature())
+        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature(),
+                                                  cfg.onehot_loss_temperature)
         weights = loss_weights(cfg)
         canvas = optimize_batch(
             ctx.teacher, targets, input_size=ctx.input_size, canvas_size=ctx.canvas_size, steps=cfg.steps,
@@ -246,7 +248,8 @@ class GeneratorMethod(SynthesisMethod):
         if self.synth is None:
             raise RuntimeError("GeneratorMethod.restore() was not called")
         cfg = ctx.cfg
-        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature())
+        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature(),
+                                                  cfg.onehot_loss_temperature)
         canvas = self.synth.make_batch(targets, temperature, cfg.generator.steps, ctx.init_gen, ctx.geom_gen,
                                        on_log=ctx.on_log, log_every=cfg.log_every,
                                        where=f"round {job.round_idx} shard {job.shard_idx}")

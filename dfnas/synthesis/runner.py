@@ -82,6 +82,9 @@ def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> d
         cfg["generator"] = {k: v for k, v in cfg["generator"].items() if k != "output"}  # added later: old hashes
     if cfg.get("calibration_loss_temperature") is None:  # added later; null keeps earlier datasets' hashes
         cfg.pop("calibration_loss_temperature", None)
+    for key in ("ce_confidence_cap", "onehot_loss_temperature"):  # added later; defaults keep earlier hashes
+        if cfg.get(key) == 1.0:
+            cfg.pop(key, None)
     cfg["teacher"] = {k: v for k, v in (cfg.get("teacher") or {}).items() if k not in _TEACHER_NOT_HASHED}
     return {"config": cfg, "teacher": {k: v for k, v in teacher_identity.items() if k != "source"}}
 
