@@ -170,12 +170,13 @@ def test_round0_and_later_rounds_get_their_own_loss_temperature() -> None:
     from dfnas.synthesis.methods import ShardJob, SynthesisMethod
     from dfnas.synthesis.runner import data_identity
 
+    temps = make_config("tiny", ["onehot_loss_temperature=8", "calibration_temperature=2"])
     job0 = ShardJob(round_idx=0, shard_idx=0, start=3, count=2, parent_targets=None)
-    targets, temp = SynthesisMethod.targets_for(job0, 4, torch.device("cpu"), 2.0, onehot_temperature=8.0)
+    targets, temp = SynthesisMethod.targets_for(job0, 4, torch.device("cpu"), temps)
     assert temp == 8.0 and targets.tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]  # image i gets class i % K
     soft = torch.full((2, 4), 0.25)
     job1 = dataclasses.replace(job0, round_idx=1, parent_targets=soft)
-    targets, temp = SynthesisMethod.targets_for(job1, 4, torch.device("cpu"), 2.0, onehot_temperature=8.0)
+    targets, temp = SynthesisMethod.targets_for(job1, 4, torch.device("cpu"), temps)
     assert temp == 2.0 and torch.equal(targets, soft)
     # the defaults stay out of the data's identity (datasets made before the options keep their hash)
     cfg = dataclasses.asdict(make_config("tiny"))

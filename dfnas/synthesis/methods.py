@@ -98,13 +98,13 @@ class SynthesisMethod:
         return 0
 
     @staticmethod
-    def targets_for(job: ShardJob, num_classes: int, device: torch.device, temperature: float,
-                    onehot_temperature: float = 1.0) -> tuple[torch.Tensor, float]:
-        """(targets (N, K), loss temperature): balanced one-hot in round 0 (at ``onehot_temperature``), the
-        parents' soft targets later (at ``temperature``)."""
+    def targets_for(job: ShardJob, num_classes: int, device: torch.device, cfg: SynthesisConfig
+                    ) -> tuple[torch.Tensor, float]:
+        """(targets (N, K), loss temperature): balanced one-hot in round 0 (at ``cfg.onehot_loss_temperature``),
+        the parents' soft targets later (at ``cfg.loss_temperature()``)."""
         if job.parent_targets is None:
-            return round0_targets(job.start, job.count, num_classes, device), onehot_temperature
-        return job.parent_targets.to(device), temperature
+            return round0_targets(job.start, job.count, num_classes, device), cfg.onehot_loss_temperature
+        return job.parent_targets.to(device), cfg.loss_temperature()
 
 
 SYNTHESIS_METHODS: Registry[SynthesisMethod] = Registry("synthesis method")
@@ -135,8 +135,7 @@ class InversionMethod(SynthesisMethod):
 
     def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = ctx.cfg
-        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature(),
-                                                  cfg.onehot_loss_temperature)
+        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg)
         weights = loss_weights(cfg)
         canvas = optimize_batch(
             ctx.teacher, targets, input_size=ctx.input_size, canvas_size=ctx.canvas_size, steps=cfg.steps,
@@ -248,8 +247,7 @@ class GeneratorMethod(SynthesisMethod):
         if self.synth is None:
             raise RuntimeError("GeneratorMethod.restore() was not called")
         cfg = ctx.cfg
-        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg.loss_temperature(),
-                                                  cfg.onehot_loss_temperature)
+        targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg)
         canvas = self.synth.make_batch(targets, temperature, cfg.generator.steps, ctx.init_gen, ctx.geom_gen,
                                        on_log=ctx.on_log, log_every=cfg.log_every,
                                        where=f"round {job.round_idx} shard {job.shard_idx}")

@@ -72,6 +72,11 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
     return dataclasses.replace(cfg, canvas_size=cfg.resolved_canvas(input_size), label_mode=label_mode)
 
 
+# top-level options added after datasets were made, with the default at which they leave the hash alone
+_ADDED_LATER: dict[str, Any] = {"calibration_loss_temperature": None, "ce_confidence_cap": 1.0,
+                                "onehot_loss_temperature": 1.0}
+
+
 def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> dict[str, Any]:
     """What determines a dataset's bytes: its resolved config and its teacher's identity, less the settings that
     never change the data (logs, paths). Hashed for ``config_hash`` and compared key by key in a refusal."""
@@ -80,11 +85,9 @@ def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> d
         cfg.pop("generator", None)
     elif isinstance(cfg.get("generator"), dict) and cfg["generator"].get("output") == "sigmoid":
         cfg["generator"] = {k: v for k, v in cfg["generator"].items() if k != "output"}  # added later: old hashes
-    if cfg.get("calibration_loss_temperature") is None:  # added later; null keeps earlier datasets' hashes
-        cfg.pop("calibration_loss_temperature", None)
-    for key in ("ce_confidence_cap", "onehot_loss_temperature"):  # added later; defaults keep earlier hashes
-        if cfg.get(key) == 1.0:
-            cfg.pop(key, None)
+    for key, default in _ADDED_LATER.items():  # at its default, an option added later keeps earlier hashes
+        if key in cfg and cfg[key] == default:
+            del cfg[key]
     cfg["teacher"] = {k: v for k, v in (cfg.get("teacher") or {}).items() if k not in _TEACHER_NOT_HASHED}
     return {"config": cfg, "teacher": {k: v for k, v in teacher_identity.items() if k != "source"}}
 
