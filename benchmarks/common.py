@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dfnas.errors import DfnasError
+from dfnas.synthesis.config import PRESETS as SYNTHESIS_PRESETS
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / "_work"
@@ -56,6 +57,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("real_kd", "real (JPEG), teacher labels", "synthesis", {"method": "real_teacher"}, control=True),
     Source("full", "full synthesis", "synthesis", {"method": "full"}),
     Source("generator", "few-step generator", "synthesis", {"method": "generator"}),
+    # the synthesis preset whose calibration rounds carry the teacher's class similarities (calibration.py,
+    # setting full_T4_T16_noregion): a data-free source outside the grid, run when named
+    Source("calibrated", "full synthesis, `calibrated` preset (no regional update)", "synthesis",
+           {"method": "full", **SYNTHESIS_PRESETS["calibrated"]}, control=True),
     Source("no_recursion", "w/o recursive calibration", "synthesis", {"method": "full", "rounds": 1}),
     Source("no_regional", "w/o regional update", "synthesis", {"method": "full"}, canvas_is_input=True),
     Source("plain", "plain inversion", "synthesis", {"method": "plain"}),

@@ -6,6 +6,8 @@ synthetic data), builds its network at the size given by the budget, and trains 
 
 - ``synthetic_kd``        full synthetic data, distillation on the stored teacher logits (the pipeline default);
 - ``synthetic_kd_online`` full synthetic data, distillation from the teacher on every augmented batch;
+- ``calibrated_kd``       the synthesis preset ``calibrated`` (soft rounds that keep the class similarities, no
+                          regional update), distillation on the stored teacher logits;
 - ``real_hard``           real (JPEG) CIFAR-10 training images with their true labels (the usual baseline);
 - ``real_kd_online``      the same real images, distillation from the teacher (not data-free: reference).
 
@@ -51,6 +53,8 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "synthetic_kd": Variant("synthetic (full), distillation on stored teacher logits", "full", False, True),
     "synthetic_kd_online": Variant("synthetic (full), online teacher distillation", "full", True, True),
+    "calibrated_kd": Variant("synthetic (`calibrated` preset), distillation on stored teacher logits", "calibrated",
+                             False, True),
     "real_hard": Variant("real (JPEG), true hard labels", "real", False, False),
     "real_kd_online": Variant("real (JPEG), online teacher distillation", "real", True, False),
 }

@@ -281,7 +281,7 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
 # the comparisons the README draws: the method's full synthesis against real data, the unreal baseline and
 # each ablation (first minus second)
 COMPARISONS = (("full", "real"), ("full", "noise"), ("full", "real_random"), ("full", "no_recursion"),
-               ("full", "no_regional"), ("full", "plain"), ("generator", "full"))
+               ("full", "no_regional"), ("full", "plain"), ("generator", "full"), ("calibrated", "full"))
 
 
 def paired_comparisons(cells: list[dict[str, Any]], sources: list[str], methods: list[str]) -> list[dict[str, Any]]:

@@ -144,3 +144,31 @@ def test_paired_difference_matches_a_hand_computed_example():
     clear = common.paired_difference({k: 90.0 + k for k in range(5)}, {k: 80.0 + k + 0.1 * (k % 2) for k in range(5)})
     assert clear["verdict"] == "a better" and clear["ci"][0] > 9
     assert common.paired_difference({0: 1.0}, {0: 2.0}) is None  # one shared seed: nothing to test
+
+
+def test_calibration_summary_over_seeds_counts_rises_and_keeps_old_cells_in_place():
+    cal = _load("calibration")
+    common = _load("common")
+
+    def cell(setting, seed, r0, r1, pooled):
+        rec = {"agreement": 1.0, "mean_entropy": 0.1, "second_class_mass": 0.01}
+        return {"setting": setting, "seed": seed, "spearman_all": pooled, "agreement": 1.0,
+                "per_round": {"0": {**rec, "similarity_spearman": r0}, "1": {**rec, "similarity_spearman": r1}}}
+
+    cells = [cell("full_T16_noregion", 0, 0.5, 0.6, 0.6), cell("full_T16_noregion", 1, 0.6, 0.5, 0.5),
+             cell("full_default", 0, 0.4, 0.3, 0.35)]
+    (a, b) = cal.over_seeds(cells)  # SETTINGS order: full_default before full_T16_noregion
+    assert b["setting"] == "full_T16_noregion" and b["seeds"] == [0, 1] and b["rising"] == 1
+    assert b["all"] == [0.6, 0.5] and b["per_round"]["1"] == [0.6, 0.5]
+    assert a["setting"] == "full_default" and a["rising"] == 0
+    refs = {"real_test_halves": 0.5, "real_train_exact_5085": 0.6, "real_test_jpeg_3000": 0.6}
+    _, md = cal.summarize("cpu_full", cal.BUDGETS["cpu_full"], cells, refs)
+    assert "0.550 ± 0.071" in md and "1 of 2" in md and "seed 1" in md
+    # seed 0 keeps the storage place and hash the cells had before there were seeds; other seeds get their own
+    budget = cal.BUDGETS["cpu"]
+    assert cal.cell_parts("generator_T2", common.DATA_SEED) == ("generator_T2",)
+    assert cal.cell_parts("generator_T2", 1) == ("generator_T2", "seed1")
+    old = common.stable_hash({"budget": budget.n_images, "rounds": budget.rounds, "preset": budget.preset,
+                              "extra": budget.extra, "setting": cal.SETTINGS["generator_T2"].overrides})
+    assert cal.cell_hash("generator_T2", budget, common.DATA_SEED) == old
+    assert cal.cell_hash("generator_T2", budget, 1) != old

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import threading
@@ -277,7 +278,33 @@ def test_ablations_are_single_overrides(tmp_path: Path, teacher) -> None:
     assert int(no_rec.rounds.max()) == 0 and len(no_rec) == 16
     no_reg = _run(_cfg("canvas_size=8", "lowres_fraction=0.5", "per_image_regions=true"), tmp_path / "noreg", teacher)
     assert read_synthetic(no_reg).images.shape[-1] == 8 and read_manifest(no_reg)["canvas_size"] == 8
+    assert read_manifest(no_reg)["config"]["regional_update"] is False  # recorded as resolved
     no_bn = read_manifest(_run(_cfg("bn_weight=0"), tmp_path / "nobn", teacher))
     assert no_bn["complete"] and no_bn["config"]["bn_weight"] == 0.0
     log = [json.loads(x) for x in (tmp_path / "nobn" / "synthesis_log.jsonl").read_text().splitlines()]
     assert all("loss_bn" not in r for r in log)
+
+
+def test_regional_update_off_is_the_input_sized_canvas_with_the_same_data_hash(tmp_path: Path, teacher) -> None:
+    from dfnas.synthesis.runner import dataset_hash, resolve_config
+
+    method = SYNTHESIS_METHODS.build("full")
+    off = resolve_config(_cfg("regional_update=false"), teacher, method)
+    explicit = resolve_config(_cfg("canvas_size=8"), teacher, method)  # the teacher takes 8 px inputs
+    assert off.canvas_size == explicit.canvas_size == 8 and not off.regional_update and not explicit.regional_update
+    # one dataset, two spellings: the same hash, so a dataset made either way resumes under the other
+    assert dataset_hash(dataclasses.asdict(off), teacher) == dataset_hash(dataclasses.asdict(explicit), teacher)
+    on = resolve_config(_cfg(), teacher, method)
+    assert on.canvas_size == 10 and on.regional_update
+    assert dataset_hash(dataclasses.asdict(on), teacher) != dataset_hash(dataclasses.asdict(off), teacher)
+    with pytest.raises(ConfigError, match="regional_update=false.*canvas_size is 12"):
+        resolve_config(_cfg("regional_update=false", "canvas_size=12"), teacher, method)
+    gen = resolve_config(_cfg("regional_update=false", method="generator"), teacher, SYNTHESIS_METHODS.build("generator"))
+    assert gen.canvas_size == 8 and not gen.regional_update
+
+
+def test_calibrated_preset_is_the_measured_recipe() -> None:
+    cfg = make_config("calibrated")
+    assert (cfg.onehot_loss_temperature, cfg.calibration_temperature, cfg.loss_temperature()) == (4.0, 16.0, 1.0)
+    assert not cfg.regional_update and cfg.jitter == 0 and not cfg.flip and cfg.resolved_canvas(32) == 32
+    assert cfg.rounds == 2 and cfg.method == "full"

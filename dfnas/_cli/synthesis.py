@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_teacher_flags(p)
     p.add_argument("--method", default=None, help="full (default) | generator (few-step, fast) | plain | noise | "
                    "real_random | real_teacher (real images, teacher labels)")
-    p.add_argument("--preset", default="default", help="default (CPU recipe) | tiny (smoke test)")
+    p.add_argument("--preset", default="default", help="default (CPU recipe) | calibrated (soft rounds that keep "
+                   "the teacher's class similarities; no regional update) | tiny (smoke test)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a SynthesisConfig key, e.g. --set steps=400 --set bn_weight=0 (repeatable)")
     p.add_argument("--num-images", type=int, default=None, help="total images over all rounds")

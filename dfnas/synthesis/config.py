@@ -1,7 +1,7 @@
 """``SynthesisConfig``: every knob of the synthesis stage, with the default CPU recipe and a ``tiny`` preset.
 
 Every loss term is switched by its weight (0 = off), so each ablation is one ``--set key=value``:
-``rounds=1`` (no recursive calibration), ``canvas_size=<input size>`` (no regional update),
+``rounds=1`` (no recursive calibration), ``regional_update=false`` (canvas = input size),
 ``bn_weight=0`` (no feature-statistics matching), ``tv_l2_weight=0`` ...
 """
 
@@ -33,6 +33,10 @@ class SynthesisConfig:
     adam_betas: tuple[float, float] = (0.5, 0.9)
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 0
     canvas_size: int | None = None  # None -> input size * 1.25 (40 for 32 px); == input size turns regions off
+    # False: the canvas is the input (every step updates the whole image), whatever the teacher's input size.
+    # Soft-target rounds need it to carry the teacher's class similarities: a random region per step moves the
+    # order of the small classes from step to step (measured: benchmarks/calibration.py)
+    regional_update: bool = True
     per_image_regions: bool = False  # one random region per image instead of one offset for the whole batch
     lowres_fraction: float = 0.3  # first fraction of steps optimizes a half-resolution canvas (0 = off)
     jitter: int = 2  # random roll of the forwarded region by up to this many pixels
@@ -122,8 +126,14 @@ class SynthesisConfig:
 
     def resolved_canvas(self, input_size: int) -> int:
         """The canvas side for a teacher taking ``input_size`` px inputs (auto = 1.25 x input)."""
-        c = self.canvas_size if self.canvas_size is not None else int(round(input_size * 1.25))
-        if self.canvas_size is None and self.lowres_fraction > 0:
+        if not self.regional_update:
+            if self.canvas_size is not None and self.canvas_size != input_size:
+                raise ConfigError(f"synthesis config: regional_update=false makes the canvas the teacher's input "
+                                  f"({input_size} px), but canvas_size is {self.canvas_size}; drop one of the two")
+            c = input_size
+        else:
+            c = self.canvas_size if self.canvas_size is not None else int(round(input_size * 1.25))
+        if self.canvas_size is None and self.regional_update and self.lowres_fraction > 0:
             c += c % 2  # the half-resolution phase needs an even canvas
         if c < input_size:
             raise ConfigError(f"synthesis config: canvas_size ({c}) must be >= the teacher's input size "
@@ -157,6 +167,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # A few seconds on one core: for tests and smoke runs.
     "tiny": {"num_images": 16, "rounds": 2, "batch_size": 4, "steps": 6, "log_every": 2, "grid_per_class": 2},
+    # The default recipe with calibration rounds that carry the teacher's class similarities (Spearman against
+    # real data >= 0.6, rising from round 0; benchmarks/results/calibration_cpu_full.md): round 0's loss at T=4
+    # keeps the runner-up classes' order, later rounds ask for the parents' predictions softened at T=16, and
+    # every step sees the whole image (no random region, jitter or flip), so that order is reproduced.
+    "calibrated": {"onehot_loss_temperature": 4.0, "calibration_temperature": 16.0,
+                   "calibration_loss_temperature": 1.0, "regional_update": False, "jitter": 0, "flip": False},
 }
 
 

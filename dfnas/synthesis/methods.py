@@ -177,7 +177,10 @@ class GeneratorMethod(SynthesisMethod):
         self.chash = ""
 
     def resolve(self, cfg: SynthesisConfig, input_size: int) -> SynthesisConfig:
-        canvas = cfg.canvas_size if cfg.canvas_size is not None else 4 * math.ceil(input_size * 1.25 / 4)
+        if not cfg.regional_update:
+            canvas = cfg.resolved_canvas(input_size)  # the input size (or a clear error on a conflicting canvas)
+        else:
+            canvas = cfg.canvas_size if cfg.canvas_size is not None else 4 * math.ceil(input_size * 1.25 / 4)
         if canvas % 4:
             raise ConfigError(f"synthesis config: method 'generator' needs a canvas_size divisible by 4, got {canvas}")
         # one random region per image: the generator is shared by the batch, so every canvas position gets a

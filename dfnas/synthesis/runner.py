@@ -57,7 +57,8 @@ from dfnas.teachers.teacher import Teacher
 
 OUTPUT_FILES = ("samples.png", "loss_curves.png")
 # settings that change only logs or pictures, never the data: left out of the config hash
-_NOT_HASHED = ("log_every", "grid_per_class", "plots")
+_NOT_HASHED = ("log_every", "grid_per_class", "plots",
+               "regional_update")  # resolved into canvas_size, which is hashed
 _TEACHER_NOT_HASHED = ("weights", "download", "factory_loads_weights")
 GRID_MAX_ROWS = 16  # classes shown in samples.png
 
@@ -69,7 +70,8 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
     assert cfg.bn_weight is not None
     cfg = without_unusable_bn_term(cfg, teacher, stacklevel=3)
     label_mode = method.label_mode if cfg.label_mode == "auto" else cfg.label_mode
-    return dataclasses.replace(cfg, canvas_size=cfg.resolved_canvas(input_size), label_mode=label_mode)
+    canvas = cfg.resolved_canvas(input_size)
+    return dataclasses.replace(cfg, canvas_size=canvas, regional_update=canvas > input_size, label_mode=label_mode)
 
 
 # top-level options added after datasets were made, with the default at which they leave the hash alone
