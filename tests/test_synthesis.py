@@ -299,7 +299,8 @@ def test_regional_update_off_is_the_input_sized_canvas_with_the_same_data_hash(t
     assert dataset_hash(dataclasses.asdict(on), teacher) != dataset_hash(dataclasses.asdict(off), teacher)
     with pytest.raises(ConfigError, match="regional_update=false.*canvas_size is 12"):
         resolve_config(_cfg("regional_update=false", "canvas_size=12"), teacher, method)
-    gen = resolve_config(_cfg("regional_update=false", method="generator"), teacher, SYNTHESIS_METHODS.build("generator"))
+    gen_method = SYNTHESIS_METHODS.build("generator")
+    gen = resolve_config(_cfg("regional_update=false", method="generator"), teacher, gen_method)
     assert gen.canvas_size == 8 and not gen.regional_update
 
 
