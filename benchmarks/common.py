@@ -45,7 +45,6 @@ class Source:
     label: str
     kind: str  # "real" (labelled real images) | "synthesis" (dfnas.synthesis method)
     synthesis: dict[str, Any] = field(default_factory=dict)  # SynthesisConfig fields over the budget's preset
-    canvas_is_input: bool = False  # regional update off: canvas side = the teacher's input side
     control: bool = False  # a control outside the brief's grid: run only when named in --sources
 
 
@@ -62,7 +61,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("calibrated", "full synthesis, `calibrated` preset (no regional update)", "synthesis",
            {"method": "full", **SYNTHESIS_PRESETS["calibrated"]}, control=True),
     Source("no_recursion", "w/o recursive calibration", "synthesis", {"method": "full", "rounds": 1}),
-    Source("no_regional", "w/o regional update", "synthesis", {"method": "full"}, canvas_is_input=True),
+    Source("no_regional", "w/o regional update", "synthesis", {"method": "full", "regional_update": False}),
     Source("plain", "plain inversion", "synthesis", {"method": "plain"}),
     Source("noise", "Gaussian noise, random labels", "synthesis", {"method": "noise"}),
     Source("real_random", "real (JPEG), random labels", "synthesis", {"method": "real_random"}),
@@ -377,8 +376,6 @@ def synthesis_config(src: Source, budget: DataBudget, real_path: Path | None) ->
 
     fields: dict[str, Any] = {**budget.synth_overrides, **src.synthesis, "num_images": budget.n_images,
                               "seed": DATA_SEED, "teacher_name": TEACHER_NAME}
-    if src.canvas_is_input:
-        fields["canvas_size"] = teacher().spec.input_size
     if src.synthesis.get("method") in ("real_random", "real_teacher"):
         fields["real_path"] = str(real_path)
     cfg = make_config(budget.synth_preset, None, **fields)
