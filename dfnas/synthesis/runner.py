@@ -56,9 +56,9 @@ from dfnas.teachers.loader import load_teacher
 from dfnas.teachers.teacher import Teacher
 
 OUTPUT_FILES = ("samples.png", "loss_curves.png")
-# settings that change only logs or pictures, never the data: left out of the config hash
-_NOT_HASHED = ("log_every", "grid_per_class", "plots",
-               "regional_update")  # resolved into canvas_size, which is hashed
+# left out of the config hash: settings that change only logs or pictures, and regional_update, whose effect
+# on the data is the resolved canvas_size (hashed), so `regional_update=false` and `canvas_size=<input>` agree
+_NOT_HASHED = ("log_every", "grid_per_class", "plots", "regional_update")
 _TEACHER_NOT_HASHED = ("weights", "download", "factory_loads_weights")
 GRID_MAX_ROWS = 16  # classes shown in samples.png
 
