@@ -32,6 +32,7 @@ CASES = [
     ("darts", "nb201", {"C": 2}, {"arch_lr": 0.05, "order": "second"}),
     ("darts", "nb201", {"C": 2}, {"arch_lr": 0.05, "remedy": "beta"}),
     ("darts", "nb201", {"C": 2}, {"arch_lr": 0.05, "remedy": "sdarts_rs"}),
+    ("darts", "nb201", {"C": 2}, {"arch_lr": 0.05, "remedy": "drnas"}),
     ("proxyless", "nb201", {"C": 2}, {"arch_lr": 0.05}),
     ("proxyless", "nb201", {"C": 2}, {"arch_lr": 0.05, "flops_loss": "mul", "target_macs": 2e4}),
     ("spos", "nb201", {"C": 2}, SPOS_SMALL),
@@ -67,6 +68,51 @@ def test_method_moves_weights_and_arch(tmp_path, method, space_name, space_opts,
     assert out.steps == 3
     if method == "spos":
         assert out.extra["spos"]["evaluated"] >= 4
+
+
+def test_drnas_dirichlet_weights_regularizer_and_eval():
+    """DrNAS: reproducible Dirichlet draws from the method's generator (global RNG untouched), pathwise
+    gradients to alpha, KL to Dirichlet(1) zero at alpha = 0 and equal to torch's closed form elsewhere,
+    the Dirichlet mean at evaluation, and no second order."""
+    space = build_space("nb201", num_classes=4, input_size=8, C=2, N=1)
+
+    def method(seed: int):
+        return build_method("darts", space, {"remedy": "drnas", "drnas_reg": 0.5}, make_generator(seed, "m"),
+                            torch.device("cpu"))
+
+    torch.manual_seed(123)
+    global_before = torch.get_rng_state()
+    a, b = method(0), method(0)
+    wa, wb = a._weights(grad=True), b._weights(grad=True)
+    assert torch.equal(torch.get_rng_state(), global_before)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]) and torch.allclose(wa[k].sum(), torch.tensor(1.0))
+    assert not all(torch.equal(wa[k], v) for k, v in a._weights(grad=True).items())  # fresh draw per call
+    sum(v[0] for v in wa.values()).backward()
+    assert all(a.alphas[k].grad is not None and a.alphas[k].grad.abs().sum() > 0 for k in wa)
+
+    ctx = SimpleNamespace(step=0, total_steps=1)
+    with torch.no_grad():
+        for t in a.alphas.values():
+            t.zero_()
+    assert float(a._regularizer(ctx).detach()) == pytest.approx(0.0, abs=1e-6)  # elu(0) + 1 = 1: the anchor itself
+    with torch.no_grad():
+        for t in a.alphas.values():
+            t.copy_(torch.tensor([2.0, -0.5, 0.0, 1.0, 0.3]))
+    one = torch.distributions.kl_divergence(torch.distributions.Dirichlet(torch.tensor([3.0, 1 - 0.3935, 1.0, 2.0,
+                                                                                          1.3])),
+                                            torch.distributions.Dirichlet(torch.ones(5)))
+    assert float(a._regularizer(ctx).detach()) == pytest.approx(0.5 * len(a.alphas) * float(one), rel=1e-3)
+
+    class Probe:
+        def set_weights(self, w):
+            self.w = w
+    probe = Probe()
+    a.prepare_eval(SimpleNamespace(model=probe))
+    c = torch.tensor([3.0, 1 - 0.3935, 1.0, 2.0, 1.3])
+    assert all(torch.allclose(w, c / c.sum(), atol=1e-4) for w in probe.w.values())
+    with pytest.raises(ConfigError, match="drnas"):
+        from_dict(get_method_cls("darts").config_cls, {"remedy": "drnas", "order": "second"})
 
 
 def test_binary_gate_estimator_is_exact_for_linear_losses():

@@ -13,7 +13,12 @@ Collapse remedies (DARTS drifts to parameter-free ops, ending at all-skip cells 
 - ``beta`` (beta-DARTS, Ye et al., CVPR 2022): add lambda * mean_k logsumexp(alpha_k) to the architecture
   loss, lambda rising linearly from 0 to ``beta_lambda`` over the search (their NB201 code reaches ~25);
 - ``sdarts_rs`` (SDARTS-RS, Chen & Hsieh, ICML 2020): in weight steps add U(-eps, eps) noise to the softmax
-  weights (clipped to [0, 1], renormalized), eps rising linearly from ``sdarts_eps_min`` to ``sdarts_eps``.
+  weights (clipped to [0, 1], renormalized), eps rising linearly from ``sdarts_eps_min`` to ``sdarts_eps``;
+- ``drnas`` (DrNAS, Chen et al., ICLR 2021): the mixing weights are a sample of Dirichlet(elu(alpha) + 1),
+  drawn afresh for every weight and architecture step and differentiated pathwise; the architecture loss adds
+  ``drnas_reg`` * KL(Dirichlet(elu(alpha) + 1) || Dirichlet(1)) per decision (their default 1e-3), and
+  held-out evaluation uses the Dirichlet mean. First order only (a second-order finite difference needs the
+  same weights in each of its passes).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dfnas.errors import ConfigError
 from dfnas.search.base import AlphaMethod, Batch, register_method
 from dfnas.search.loop import LoopContext
 
-REMEDIES = ("none", "beta", "sdarts_rs")
+REMEDIES = ("none", "beta", "sdarts_rs", "drnas")
 
 
 @dataclass
@@ -37,10 +42,11 @@ class DartsConfig:
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     init_std: float = 1e-3  # alpha ~ N(0, init_std^2)
-    remedy: Literal["none", "beta", "sdarts_rs"] = "none"
+    remedy: Literal["none", "beta", "sdarts_rs", "drnas"] = "none"
     beta_lambda: float = 25.0  # final weight of the beta-decay term (linear ramp from 0)
     sdarts_eps_min: float = 0.03
     sdarts_eps: float = 0.3  # final noise amplitude on softmax weights
+    drnas_reg: float = 1e-3  # weight of the KL term to the uniform Dirichlet
     hessian_r: float = 0.01  # finite-difference step: eps = hessian_r / ||dL_val/dw'||
     warmup_epochs: int = 0  # weight-only epochs before architecture steps start
 
@@ -49,6 +55,9 @@ class DartsConfig:
             raise ConfigError(f"darts.remedy {self.remedy!r} is not one of {list(REMEDIES)}")
         if self.order not in ("first", "second"):
             raise ConfigError(f"darts.order must be 'first' or 'second', got {self.order!r}")
+        if self.remedy == "drnas" and self.order == "second":
+            raise ConfigError("darts.remedy 'drnas' samples new mixing weights at every pass and needs "
+                              "darts.order 'first'")
 
 
 @register_method
@@ -67,9 +76,31 @@ class DartsMethod(AlphaMethod):
         return min(1.0, ctx.step / max(1, ctx.total_steps))
 
     def _weights(self, grad: bool) -> dict[str, torch.Tensor]:
+        """Mixing weights per decision: softmax(alpha), or with DrNAS a Dirichlet sample (differentiable)."""
+        if self.options.remedy == "drnas":
+            return {k: self._dirichlet_sample(a if grad else a.detach()) for k, a in self.alphas.items()}
         return {k: torch.softmax(a if grad else a.detach(), 0) for k, a in self.alphas.items()}
 
+    def _dirichlet_sample(self, alpha: torch.Tensor) -> torch.Tensor:
+        """A pathwise-differentiable sample of Dirichlet(elu(alpha) + 1) (n,). torch's sampler takes no
+        generator, so the global CPU generator is forked and seeded from the method's own (reproducible,
+        and nothing outside changes); drawn on CPU so the values do not depend on the device."""
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            w = torch.distributions.Dirichlet(self._concentration(alpha.cpu())).rsample()
+        return w.to(alpha.device)
+
+    @staticmethod
+    def _concentration(alpha: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.elu(alpha) + 1.0
+
     def _regularizer(self, ctx: LoopContext) -> torch.Tensor | None:
+        if self.options.remedy == "drnas":
+            dists = [torch.distributions.Dirichlet(self._concentration(a)) for a in self.alphas.values()]
+            kl = [torch.distributions.kl_divergence(d, torch.distributions.Dirichlet(torch.ones_like(d.concentration)))
+                  for d in dists]
+            return self.options.drnas_reg * torch.stack(kl).sum()
         if self.options.remedy != "beta":
             return None
         # beta-decay: mean over decisions of logsumexp(alpha_k), weight ramping linearly with progress
@@ -167,7 +198,10 @@ class DartsMethod(AlphaMethod):
         return q / q.sum()
 
     def prepare_eval(self, ctx: LoopContext) -> bool:
-        ctx.model.set_weights(self._weights(grad=False))
+        if self.options.remedy == "drnas":  # the Dirichlet mean, not a random draw
+            ctx.model.set_weights({k: (c := self._concentration(a.detach())) / c.sum() for k, a in self.alphas.items()})
+        else:
+            ctx.model.set_weights(self._weights(grad=False))
         return True
 
     def epoch_end(self, ctx: LoopContext) -> dict[str, Any]:
