@@ -266,3 +266,13 @@ def test_spos_loss_score_is_minus_the_held_out_loss_of_the_returned_cell(tmp_pat
     assert expected < 0
     with pytest.raises(ConfigError, match="spos.score 'top5' is not one of"):
         build_method("spos", space, {"score": "top5"}, make_generator(0, "m"), torch.device("cpu"))
+
+
+def test_new_darts_options_keep_earlier_search_identities():
+    """Options added after searches existed are left out of resume and cache identities at their defaults, so
+    earlier run directories resume and cached benchmark cells stay valid."""
+    from dfnas.config import identity_dict
+
+    cls = get_method_cls("darts").config_cls
+    assert "drnas_reg" not in identity_dict(from_dict(cls, {"remedy": "beta"}))
+    assert identity_dict(from_dict(cls, {"remedy": "drnas", "drnas_reg": 0.01}))["drnas_reg"] == 0.01

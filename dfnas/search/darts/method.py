@@ -23,11 +23,12 @@ Collapse remedies (DARTS drifts to parameter-free ops, ending at all-skip cells 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from dfnas.config import ADDED_LATER
 from dfnas.errors import ConfigError
 from dfnas.search.base import AlphaMethod, Batch, register_method
 from dfnas.search.loop import LoopContext
@@ -46,7 +47,7 @@ class DartsConfig:
     beta_lambda: float = 25.0  # final weight of the beta-decay term (linear ramp from 0)
     sdarts_eps_min: float = 0.03
     sdarts_eps: float = 0.3  # final noise amplitude on softmax weights
-    drnas_reg: float = 1e-3  # weight of the KL term to the uniform Dirichlet
+    drnas_reg: float = field(default=1e-3, metadata=ADDED_LATER)  # weight of the KL term to Dirichlet(1)
     hessian_r: float = 0.01  # finite-difference step: eps = hessian_r / ||dL_val/dw'||
     warmup_epochs: int = 0  # weight-only epochs before architecture steps start
 
