@@ -67,6 +67,10 @@ SETTINGS: dict[str, Setting] = {
         "calibration_loss_temperature": 1.0, "canvas_size": 32, "jitter": 0, "flip": False}),
     # as full_T2_T16_noregion with the cross-entropy weighted up against the image priors: the round-1 images
     # then reproduce their soft targets more closely (the targets themselves score 0.62-0.65)
+    "full_T16_ce10_noregion": Setting("full, targets T=16, loss T=1, CE weight 10, no regional update, "
+                                      "no jitter/flip", {
+        "method": "full", "calibration_temperature": 16.0, "calibration_loss_temperature": 1.0, "ce_weight": 10.0,
+        "regional_update": False, "jitter": 0, "flip": False}),
     "full_T2_T16_ce4_noregion": Setting("full, round 0 loss T=2, targets T=16, loss T=1, CE weight 4, no regional "
                                         "update, no jitter/flip", {
         "method": "full", "onehot_loss_temperature": 2.0, "calibration_temperature": 16.0,
