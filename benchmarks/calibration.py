@@ -71,6 +71,12 @@ SETTINGS: dict[str, Setting] = {
                                       "no jitter/flip", {
         "method": "full", "calibration_temperature": 16.0, "calibration_loss_temperature": 1.0, "ce_weight": 10.0,
         "regional_update": False, "jitter": 0, "flip": False}),
+    # round 0 as full_T2_T16_noregion (the same images for a seed), the cross-entropy weighted 10x in round 1 only
+    "full_T2_T16_rce10_noregion": Setting("full, round 0 loss T=2, targets T=16, loss T=1, round-1 CE weight 10, "
+                                          "no regional update, no jitter/flip", {
+        "method": "full", "onehot_loss_temperature": 2.0, "calibration_temperature": 16.0,
+        "calibration_loss_temperature": 1.0, "calibration_ce_weight": 10.0, "regional_update": False, "jitter": 0,
+        "flip": False}),
     "full_T2_T16_ce4_noregion": Setting("full, round 0 loss T=2, targets T=16, loss T=1, CE weight 4, no regional "
                                         "update, no jitter/flip", {
         "method": "full", "onehot_loss_temperature": 2.0, "calibration_temperature": 16.0,

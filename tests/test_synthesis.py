@@ -309,3 +309,31 @@ def test_calibrated_preset_is_the_measured_recipe() -> None:
     assert (cfg.onehot_loss_temperature, cfg.calibration_temperature, cfg.loss_temperature()) == (4.0, 16.0, 1.0)
     assert not cfg.regional_update and cfg.jitter == 0 and not cfg.flip and cfg.resolved_canvas(32) == 32
     assert cfg.rounds == 2 and cfg.method == "full"
+
+
+def test_calibration_ce_weight_changes_only_the_soft_rounds(tmp_path, teacher) -> None:
+    """``calibration_ce_weight`` weights the cross-entropy of rounds >= 1 only: equal to ce_weight it makes the
+    same bytes as leaving it unset, larger it keeps round 0's images and changes round 1's; the generator, whose
+    one set of weights serves every round, refuses it; at its default it stays out of the data's identity."""
+    from dfnas.data import open_dataset
+    from dfnas.synthesis.runner import data_identity
+
+    def images(name: str, *extra: str) -> torch.Tensor:
+        cfg = make_config("tiny", ["plots=false", "regional_update=false", *extra])
+        synthesize(cfg, tmp_path / name, teacher=teacher, device="cpu", progress=False)
+        ds = open_dataset(tmp_path / name)
+        return ds.images, ds.rounds
+
+    base, rounds = images("unset")
+    same, _ = images("equal", "calibration_ce_weight=1.0")
+    up, _ = images("up", "calibration_ce_weight=20")
+    r0 = rounds == 0
+    assert torch.equal(base, same)
+    assert torch.equal(base[r0], up[r0]) and not torch.equal(base[~r0], up[~r0])
+    with pytest.raises(ConfigError, match="calibration_ce_weight"):
+        make_config("tiny", ["calibration_ce_weight=-1"])
+    with pytest.raises(ConfigError, match="calibration_ce_weight applies to method 'full'"):
+        synthesize(make_config("tiny", ["method=generator", "calibration_ce_weight=2"]), tmp_path / "gen",
+                   teacher=teacher, device="cpu", progress=False)
+    assert not (tmp_path / "gen" / "manifest.json").exists()
+    assert "calibration_ce_weight" not in data_identity(dataclasses.asdict(make_config("tiny")), {})["config"]

@@ -64,6 +64,9 @@ class SynthesisConfig:
     # asks each round for the parents' predictions softened by T: rounds grow less confident and keep more
     # of the teacher's second choices
     calibration_loss_temperature: float | None = None
+    # weight of the cross-entropy term in rounds >= 1; None: ce_weight. Weighting it up against the image priors
+    # makes soft-target images reproduce their targets more closely without changing round 0 (`full` only)
+    calibration_ce_weight: float | None = None
     label_mode: str = "auto"  # auto -> the method's default ("distill" for synthesis, "hard" for baselines)
     noise_std: float = 0.25  # `noise` baseline: N(0.5, noise_std^2) pixels
     real_path: str | None = None  # `real_random` / `real_teacher` controls: a dataset read_real accepts
@@ -92,6 +95,8 @@ class SynthesisConfig:
             (self.calibration_loss_temperature is None or 0 < self.calibration_loss_temperature < math.inf,
              "calibration_loss_temperature must be a finite number > 0 or null"),
             (0 < self.ce_confidence_cap <= 1, f"ce_confidence_cap must lie in (0, 1], got {self.ce_confidence_cap}"),
+            (self.calibration_ce_weight is None or 0 <= self.calibration_ce_weight < math.inf,
+             f"calibration_ce_weight must be a finite number >= 0 or null, got {self.calibration_ce_weight}"),
             (0 < self.onehot_loss_temperature < math.inf,
              f"onehot_loss_temperature must be a finite number > 0, got {self.onehot_loss_temperature}"),
             (self.log_every >= 1, "log_every must be >= 1"),

@@ -116,11 +116,13 @@ def round0_targets(start: int, count: int, num_classes: int, device: torch.devic
     return F.one_hot(labels, num_classes).float()
 
 
-def loss_weights(cfg: SynthesisConfig) -> LossWeights:
-    """The inversion loss weights of a resolved synthesis config (no weight left at None)."""
+def loss_weights(cfg: SynthesisConfig, soft_round: bool = False) -> LossWeights:
+    """The inversion loss weights of a resolved synthesis config (no weight left at None); ``soft_round``: a
+    round >= 1, whose cross-entropy weight is ``calibration_ce_weight`` when that is set."""
     if cfg.ce_weight is None or cfg.bn_weight is None or cfg.tv_l2_weight is None:
         raise ValueError("loss weights are unresolved (None); resolve the config with the method's defaults first")
-    return LossWeights(ce=cfg.ce_weight, bn=cfg.bn_weight, tv_l1=cfg.tv_l1_weight, tv_l2=cfg.tv_l2_weight,
+    ce = cfg.calibration_ce_weight if soft_round and cfg.calibration_ce_weight is not None else cfg.ce_weight
+    return LossWeights(ce=ce, bn=cfg.bn_weight, tv_l1=cfg.tv_l1_weight, tv_l2=cfg.tv_l2_weight,
                        l2=cfg.l2_weight, ce_cap=cfg.ce_confidence_cap)
 
 
@@ -136,7 +138,7 @@ class InversionMethod(SynthesisMethod):
     def make_shard(self, ctx: ShardContext, job: ShardJob) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = ctx.cfg
         targets, temperature = self.targets_for(job, ctx.teacher.num_classes, ctx.device, cfg)
-        weights = loss_weights(cfg)
+        weights = loss_weights(cfg, soft_round=job.parent_targets is not None)
         canvas = optimize_batch(
             ctx.teacher, targets, input_size=ctx.input_size, canvas_size=ctx.canvas_size, steps=cfg.steps,
             lr=cfg.lr, betas=cfg.adam_betas, warmup_fraction=cfg.warmup_fraction,
@@ -183,6 +185,9 @@ class GeneratorMethod(SynthesisMethod):
             canvas = cfg.canvas_size if cfg.canvas_size is not None else 4 * math.ceil(input_size * 1.25 / 4)
         if canvas % 4:
             raise ConfigError(f"synthesis config: method 'generator' needs a canvas_size divisible by 4, got {canvas}")
+        if cfg.calibration_ce_weight is not None:  # one generator serves every round with one set of weights
+            raise ConfigError("synthesis config: calibration_ce_weight applies to method 'full' only; the "
+                              "generator's loss weights are the same in every round (set ce_weight instead)")
         # one random region per image: the generator is shared by the batch, so every canvas position gets a
         # gradient at every step (one offset per batch leaves the canvas borders unconstrained)
         return dataclasses.replace(cfg, canvas_size=canvas, lowres_fraction=0.0, per_image_regions=True)

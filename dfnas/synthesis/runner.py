@@ -76,7 +76,7 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
 
 # top-level options added after datasets were made, with the default at which they leave the hash alone
 _ADDED_LATER: dict[str, Any] = {"calibration_loss_temperature": None, "ce_confidence_cap": 1.0,
-                                "onehot_loss_temperature": 1.0}
+                                "onehot_loss_temperature": 1.0, "calibration_ce_weight": None}
 
 
 def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> dict[str, Any]:
