@@ -38,6 +38,13 @@ class Setting:
     overrides: dict[str, Any]  # SynthesisConfig fields
 
 
+# soft rounds that keep the class similarities: targets at T=16, loss at T=1, every step on the whole image
+_SOFT: dict[str, Any] = {"method": "full", "calibration_temperature": 16.0, "calibration_loss_temperature": 1.0,
+                         "regional_update": False, "jitter": 0, "flip": False}
+_SOFT_T2 = {**_SOFT, "onehot_loss_temperature": 2.0}
+_T2_LABEL = "full, round 0 loss T=2, targets T=16, loss T=1"
+_NO_REGION_LABEL = "no regional update, no jitter/flip"
+
 SETTINGS: dict[str, Setting] = {
     "generator_sameT": Setting("generator, T=2 on targets and loss (before)", {
         "method": "generator", "calibration_temperature": 2.0, "calibration_loss_temperature": 2.0}),
@@ -65,28 +72,19 @@ SETTINGS: dict[str, Setting] = {
                                     "no jitter/flip", {
         "method": "full", "onehot_loss_temperature": 4.0, "calibration_temperature": 16.0,
         "calibration_loss_temperature": 1.0, "canvas_size": 32, "jitter": 0, "flip": False}),
-    # as full_T2_T16_noregion with the cross-entropy weighted up against the image priors: the round-1 images
-    # then reproduce their soft targets more closely (the targets themselves score 0.62-0.65)
-    "full_T16_ce10_noregion": Setting("full, targets T=16, loss T=1, CE weight 10, no regional update, "
-                                      "no jitter/flip", {
-        "method": "full", "calibration_temperature": 16.0, "calibration_loss_temperature": 1.0, "ce_weight": 10.0,
-        "regional_update": False, "jitter": 0, "flip": False}),
-    # round 0 as full_T2_T16_noregion (the same images for a seed), the cross-entropy weighted 10x in round 1 only
-    "full_T2_T16_rce10_noregion": Setting("full, round 0 loss T=2, targets T=16, loss T=1, round-1 CE weight 10, "
-                                          "no regional update, no jitter/flip", {
-        "method": "full", "onehot_loss_temperature": 2.0, "calibration_temperature": 16.0,
-        "calibration_loss_temperature": 1.0, "calibration_ce_weight": 10.0, "regional_update": False, "jitter": 0,
-        "flip": False}),
-    "full_T2_T16_ce4_noregion": Setting("full, round 0 loss T=2, targets T=16, loss T=1, CE weight 4, no regional "
-                                        "update, no jitter/flip", {
-        "method": "full", "onehot_loss_temperature": 2.0, "calibration_temperature": 16.0,
-        "calibration_loss_temperature": 1.0, "ce_weight": 4.0, "regional_update": False, "jitter": 0,
-        "flip": False}),
-    "full_T2_T16_ce10_noregion": Setting("full, round 0 loss T=2, targets T=16, loss T=1, CE weight 10, no "
-                                         "regional update, no jitter/flip", {
-        "method": "full", "onehot_loss_temperature": 2.0, "calibration_temperature": 16.0,
-        "calibration_loss_temperature": 1.0, "ce_weight": 10.0, "regional_update": False, "jitter": 0,
-        "flip": False}),
+    # round 0 as full_T2_T16_noregion with the cross-entropy weighted up against the image priors, in both rounds
+    # (ce_weight) or in round 1 only (calibration_ce_weight): the round-1 images then reproduce their soft targets
+    # more closely (the targets themselves score 0.62-0.65)
+    "full_T2_T16_ce4_noregion": Setting(f"{_T2_LABEL}, CE weight 4, {_NO_REGION_LABEL}",
+                                        {**_SOFT_T2, "ce_weight": 4.0}),
+    "full_T2_T16_ce10_noregion": Setting(f"{_T2_LABEL}, CE weight 10, {_NO_REGION_LABEL}",
+                                         {**_SOFT_T2, "ce_weight": 10.0}),
+    "full_T16_ce10_noregion": Setting(f"full, targets T=16, loss T=1, CE weight 10, {_NO_REGION_LABEL}",
+                                      {**_SOFT, "ce_weight": 10.0}),
+    "full_T2_T16_rce10_noregion": Setting(f"{_T2_LABEL}, round-1 CE weight 10, {_NO_REGION_LABEL}",
+                                          {**_SOFT_T2, "calibration_ce_weight": 10.0}),
+    "full_T2_T16_rce20_noregion": Setting(f"{_T2_LABEL}, round-1 CE weight 20, {_NO_REGION_LABEL}",
+                                          {**_SOFT_T2, "calibration_ce_weight": 20.0}),
 }
 
 
