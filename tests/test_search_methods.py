@@ -113,6 +113,8 @@ def test_drnas_dirichlet_weights_regularizer_and_eval():
     assert all(torch.allclose(w, c / c.sum(), atol=1e-4) for w in probe.w.values())
     with pytest.raises(ConfigError, match="drnas"):
         from_dict(get_method_cls("darts").config_cls, {"remedy": "drnas", "order": "second"})
+    with pytest.raises(ConfigError, match="drnas_reg must be a finite number >= 0"):
+        from_dict(get_method_cls("darts").config_cls, {"remedy": "drnas", "drnas_reg": -1.0})
 
 
 def test_binary_gate_estimator_is_exact_for_linear_losses():

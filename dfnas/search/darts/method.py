@@ -56,6 +56,8 @@ class DartsConfig:
             raise ConfigError(f"darts.remedy {self.remedy!r} is not one of {list(REMEDIES)}")
         if self.order not in ("first", "second"):
             raise ConfigError(f"darts.order must be 'first' or 'second', got {self.order!r}")
+        if not 0 <= self.drnas_reg < float("inf"):
+            raise ConfigError(f"darts.drnas_reg must be a finite number >= 0, got {self.drnas_reg}")
         if self.remedy == "drnas" and self.order == "second":
             raise ConfigError("darts.remedy 'drnas' samples new mixing weights at every pass and needs "
                               "darts.order 'first'")
@@ -199,11 +201,13 @@ class DartsMethod(AlphaMethod):
         return q / q.sum()
 
     def prepare_eval(self, ctx: LoopContext) -> bool:
-        if self.options.remedy == "drnas":  # the Dirichlet mean, not a random draw
-            ctx.model.set_weights({k: (c := self._concentration(a.detach())) / c.sum() for k, a in self.alphas.items()})
-        else:
-            ctx.model.set_weights(self._weights(grad=False))
+        drnas = self.options.remedy == "drnas"  # DrNAS evaluates at the Dirichlet mean, not at a random draw
+        ctx.model.set_weights(self._dirichlet_means() if drnas else self._weights(grad=False))
         return True
+
+    def _dirichlet_means(self) -> dict[str, torch.Tensor]:
+        conc = {k: self._concentration(a.detach()) for k, a in self.alphas.items()}
+        return {k: c / c.sum() for k, c in conc.items()}
 
     def epoch_end(self, ctx: LoopContext) -> dict[str, Any]:
         return self.alpha_record()
