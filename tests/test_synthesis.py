@@ -318,7 +318,7 @@ def test_calibration_ce_weight_changes_only_the_soft_rounds(tmp_path, teacher) -
     from dfnas.data import open_dataset
     from dfnas.synthesis.runner import data_identity
 
-    def images(name: str, *extra: str) -> torch.Tensor:
+    def images(name: str, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = make_config("tiny", ["plots=false", "regional_update=false", *extra])
         synthesize(cfg, tmp_path / name, teacher=teacher, device="cpu", progress=False)
         ds = open_dataset(tmp_path / name)
