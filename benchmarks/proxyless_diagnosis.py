@@ -38,6 +38,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "base": ({}, ("real", "full", "noise")),
     "arch_lr_x10": ({"proxyless": {"arch_lr": 1e-2}}, ("real", "full")),
     "steps_x4": ({"epochs": 120}, ("real", "full")),
+    # the pair's measured held-out losses instead of the linearized gate gradient: is the estimator the cause?
+    "loss_diff": ({"proxyless": {"estimator": "loss_diff"}}, ("real", "full")),
 }
 
 
@@ -131,7 +133,8 @@ def summarize(cells: list[dict[str, Any]], budget_name: str) -> tuple[dict[str, 
     lines.append(common.md_table(["variant", "source", *OPS],
                                  [[g["variant"], SOURCES[g["source"]].label,
                                    *(f"{g['alpha_grad_sum_mean'][o]:+.2f}" for o in OPS)] for g in groups]))
-    lines.append("\n## Mean gate gradient dL/dg per op (mean over seeds)\n")
+    lines.append("\n## Mean estimator signal per op (mean over seeds): the gate gradient dL/dg, or for `loss_diff` "
+                 "the held-out loss measured with the op on its edge (lower = the op fits better)\n")
     lines.append(common.md_table(["variant", "source", *OPS],
                                  [[g["variant"], SOURCES[g["source"]].label,
                                    *(f"{g['gate_grad_mean'][o]:+.4f}" for o in OPS)] for g in groups]))

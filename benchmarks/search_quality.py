@@ -108,6 +108,13 @@ BUDGETS: dict[str, Budget] = {
         CPU_5K, space={"C": 8, "N": 5},
         note="cpu_5k_n5: 5,000 images per source; NB201 supernet C=8 N=5 (the benchmark's depth); 3 epochs x "
              "batch 32 (234 weight steps)"),
+    # As cpu_5k_n5 with 10 epochs (780 weight steps, 3.3x): at N=1, 10x the steps made DARTS + beta-decay
+    # consistent (93.38-93.47 over 3 seeds) but kept the N=1 preference (no residual skip); at N=5 more steps
+    # should settle on the deep stack's own preference instead of the 234-step noise (92.01-94.36).
+    "cpu_5k_n5_long": replace(
+        CPU_5K, space={"C": 8, "N": 5}, search={**CPU_5K.search, "epochs": 10},
+        note="cpu_5k_n5_long: 5,000 images per source; NB201 supernet C=8 N=5 (the benchmark's depth); 10 "
+             "epochs x batch 32 (780 weight steps)"),
     # As cpu_5k with 10x the weight steps (30 epochs, 2,340 steps): is SPOS's supernet just undertrained?
     "cpu_5k_long": replace(
         CPU_5K, search={**CPU_5K.search, "epochs": 30},

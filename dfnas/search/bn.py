@@ -6,7 +6,8 @@ one; SPOS (Guo et al., ECCV 2020) recomputes them per candidate before evaluatin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -36,3 +37,18 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
             m.momentum = mom
         model.eval()
     return n
+
+
+@contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """Train-mode passes inside normalize with batch statistics but leave the running ones as they were
+    (``momentum = 0``; momentum ``None``, a cumulative average, is left alone), e.g. extra measuring passes."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom

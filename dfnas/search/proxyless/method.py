@@ -9,6 +9,11 @@ Architecture step (held-out batch), the paper's two-path mode:
 3. BinaryConnect-style estimator over the pair: dL/dalpha_a = sum_b dL/dg_b p_b (delta_ab - p_a);
 4. Adam step on alpha, then shift alpha_{i,j} by -log(sum_pair exp(new) / sum_pair exp(old)) so the
    options that were not sampled keep their probability.
+``estimator = "loss_diff"`` replaces step 2-3's linearization: the held-out loss is measured with each option
+of every sampled pair in turn (the other decisions on their active option; 1 + #decisions forward passes, no
+backward) and the same Jacobian is applied to those losses: the exact gradient of the expected loss over the
+pair. dL/dg_b - dL/dg_a is only a first-order estimate of L_b - L_a, and it scales with the norm of op b's
+output; parameter-free ops pass the node's unnormalized sum, larger than a BN-ended conv's, and win by it.
 Optional hardware term on the expected MACs E = base + sum_k softmax(alpha_k) . cost_k (differentiable):
 ``mul``: L * (E / target)^beta;  ``mul_log``: L * (log E / log target)^beta (the paper's code);
 ``add``: L + lambda * (E - target) / target.
@@ -17,17 +22,20 @@ Optional hardware term on the expected MACs E = base + sum_k softmax(alpha_k) . 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from dfnas.config import ADDED_LATER
 from dfnas.errors import ConfigError
 from dfnas.search.base import AlphaMethod, Batch, register_method
+from dfnas.search.bn import frozen_running_stats
 from dfnas.search.loop import LoopContext
 from dfnas.spaces.base import Arch
 
 FLOPS_LOSSES = ("none", "mul", "mul_log", "add")
+ESTIMATORS = ("binary_gate", "loss_diff")
 
 
 @dataclass
@@ -46,6 +54,8 @@ class ProxylessConfig:
     target_macs: float | None = None  # reference MACs of the hardware term (needed unless flops_loss: none)
     flops_beta: float = 0.3  # exponent of the multiplicative terms
     flops_lambda: float = 0.1  # weight of the additive term
+    # binary_gate: the paper's dL/dg; loss_diff: measured held-out losses of the pair's options (see above)
+    estimator: Literal["binary_gate", "loss_diff"] = field(default="binary_gate", metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.flops_loss not in FLOPS_LOSSES:
@@ -53,6 +63,8 @@ class ProxylessConfig:
         if self.flops_loss != "none" and (self.target_macs is None or self.target_macs <= 1):
             raise ConfigError(f"proxyless.flops_loss {self.flops_loss!r} needs proxyless.target_macs > 1 "
                               f"(the reference MACs), got {self.target_macs}")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"proxyless.estimator {self.estimator!r} is not one of {list(ESTIMATORS)}")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ConfigError(f"proxyless.warmup_epochs must be >= 0 or null, got {self.warmup_epochs}")
         if self.update_arch_every < 1:
@@ -150,34 +162,30 @@ class ProxylessMethod(AlphaMethod):
     def arch_step(self, ctx: LoopContext, held_out: Batch, train: Batch) -> dict[str, float]:
         ctx.model.train()
         pairs: dict[str, torch.Tensor] = {}
-        gates: dict[str, torch.Tensor] = {}
+        actives: dict[str, int] = {}
         for k in self.keys:
             a = self.alphas[k].detach()
             pair = self._sample_index(torch.softmax(a, 0), 2)  # (2,) distinct option indices
             p2 = torch.softmax(a[pair.to(a.device)], 0)
-            active = pair[int(self._sample_index(p2, 1))]
-            g = torch.zeros(len(a), device=self.device)
-            g[int(active)] = 1.0
-            pairs[k], gates[k] = pair.to(self.device), g.requires_grad_(True)
-        # only the two sampled paths run (the paper's memory of two paths); dL/dg for both comes from autograd
-        ctx.model.set_weights(gates, {k: [int(i) for i in pairs[k]] for k in self.keys})
-        x, y = held_out
-        ce = ctx.criterion(ctx.model(x), x, y)
-        loss = self._hardware_loss(ce)
-        gate_list = [gates[k] for k in self.keys]
+            actives[k] = int(pair[int(self._sample_index(p2, 1))])
+            pairs[k] = pair.to(self.device)
+        if self.options.estimator == "loss_diff":
+            signal, ce = self._pair_losses(ctx, held_out, pairs, actives)
+        else:
+            signal, ce = self._gate_grads(ctx, held_out, pairs, actives)
         direct = self.options.flops_loss != "none"
-        wrt = gate_list + (self.arch_parameters() if direct else [])
-        grads = torch.autograd.grad(loss, wrt)
+        if direct:  # the hardware term's own gradient through E[MACs] (the loss itself held fixed)
+            direct_grads = torch.autograd.grad(self._hardware_loss(ce.detach()), self.arch_parameters())
         old_lse = {}
         for i, k in enumerate(self.keys):
             pair, a = pairs[k], self.alphas[k]
-            g_alpha = grads[len(self.keys) + i].clone() if direct else torch.zeros_like(a)
+            g_alpha = direct_grads[i].clone() if direct else torch.zeros_like(a)
             p2 = torch.softmax(a.detach()[pair], 0)
-            g_alpha[pair] += binary_gate_alpha_grad(grads[i][pair], p2)
+            g_alpha[pair] += binary_gate_alpha_grad(signal[k], p2)
             a.grad = g_alpha
             d, cpu_pair = self.diag[k], pair.cpu()
             d["paired"][cpu_pair] += 1
-            d["gate_grad"][cpu_pair] += grads[i][pair].detach().double().cpu()
+            d["gate_grad"][cpu_pair] += signal[k].detach().double().cpu()
             d["alpha_grad"] += g_alpha.detach().double().cpu()
             old_lse[k] = torch.logsumexp(a.detach()[pair], 0)
         self.arch_opt.step()
@@ -190,6 +198,42 @@ class ProxylessMethod(AlphaMethod):
         if direct:
             rec["expected_macs"] = float(self.expected_macs())
         return rec
+
+    def _gate_grads(self, ctx: LoopContext, held_out: Batch, pairs: dict[str, torch.Tensor],
+                    actives: dict[str, int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The paper's signal: dL/dg over each pair (2,) from one pass with one-hot gates that require grad
+        (only the two sampled paths run), and the held-out loss of the active path."""
+        gates = {}
+        for k in self.keys:
+            g = torch.zeros(len(self.alphas[k]), device=self.device)
+            g[actives[k]] = 1.0
+            gates[k] = g.requires_grad_(True)
+        ctx.model.set_weights(gates, {k: [int(i) for i in pairs[k]] for k in self.keys})
+        x, y = held_out
+        ce = ctx.criterion(ctx.model(x), x, y)
+        grads = torch.autograd.grad(self._hardware_loss(ce), [gates[k] for k in self.keys])
+        return {k: g[pairs[k]] for k, g in zip(self.keys, grads, strict=True)}, ce
+
+    @torch.no_grad()
+    def _pair_losses(self, ctx: LoopContext, held_out: Batch, pairs: dict[str, torch.Tensor],
+                     actives: dict[str, int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Measured signal: the held-out loss with each option of every pair (2,), the other decisions on
+        their active option, and the loss of the all-active path."""
+        dec = self.space.decisions()
+        x, y = held_out
+
+        def loss_of(choice: dict[str, int]) -> torch.Tensor:
+            ctx.model.set_path(Arch.of(self.space.name, {k: dec[k][i] for k, i in choice.items()}))
+            return ctx.criterion(ctx.model(x), x, y)
+
+        ce = loss_of(actives)  # updates BN running statistics once, as the paper's single pass does
+        base = self._hardware_loss(ce)
+        out = {}
+        with frozen_running_stats(ctx.model):
+            for k in self.keys:
+                out[k] = torch.stack([base if int(i) == actives[k] else
+                                      self._hardware_loss(loss_of({**actives, k: int(i)})) for i in pairs[k]])
+        return out, ce
 
     def before_weight_step(self, ctx: LoopContext) -> None:
         ctx.model.set_path(self.sample_path())
