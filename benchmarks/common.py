@@ -60,6 +60,11 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     # setting full_T4_T16_noregion): a data-free source outside the grid, run when named
     Source("calibrated", "full synthesis, `calibrated` preset (no regional update)", "synthesis",
            {"method": "full", **SYNTHESIS_PRESETS["calibrated"]}, control=True),
+    # the calibration setting that meets the Spearman bar (calibration.py, full_T2_T16_rce20_noregion): round 0 at
+    # loss T=2, round 1's cross-entropy weighted 20; run when named, to see whether its images teach a student
+    Source("calibrated_rce20", "full synthesis, round 0 at T=2, round-1 CE weight 20 (no regional update)",
+           "synthesis", {"method": "full", **SYNTHESIS_PRESETS["calibrated"], "onehot_loss_temperature": 2.0,
+                         "calibration_ce_weight": 20.0}, control=True),
     Source("no_recursion", "w/o recursive calibration", "synthesis", {"method": "full", "rounds": 1}),
     Source("no_regional", "w/o regional update", "synthesis", {"method": "full", "regional_update": False}),
     Source("plain", "plain inversion", "synthesis", {"method": "plain"}),

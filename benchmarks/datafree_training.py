@@ -8,6 +8,8 @@ synthetic data), builds its network at the size given by the budget, and trains 
 - ``synthetic_kd_online`` full synthetic data, distillation from the teacher on every augmented batch;
 - ``calibrated_kd``       the synthesis preset ``calibrated`` (soft rounds that keep the class similarities, no
                           regional update), distillation on the stored teacher logits;
+- ``calibrated_rce20_kd`` as ``calibrated_kd`` with round 0 at loss T=2 and round 1's cross-entropy weighted 20
+                          (the setting that meets the calibration bar);
 - ``real_hard``           real (JPEG) CIFAR-10 training images with their true labels (the usual baseline);
 - ``real_kd_online``      the same real images, distillation from the teacher (not data-free: reference).
 
@@ -55,6 +57,8 @@ VARIANTS: dict[str, Variant] = {
     "synthetic_kd_online": Variant("synthetic (full), online teacher distillation", "full", True, True),
     "calibrated_kd": Variant("synthetic (`calibrated` preset), distillation on stored teacher logits", "calibrated",
                              False, True),
+    "calibrated_rce20_kd": Variant("synthetic (round 0 at T=2, round-1 CE weight 20), distillation on stored "
+                                   "teacher logits", "calibrated_rce20", False, True),
     "real_hard": Variant("real (JPEG), true hard labels", "real", False, False),
     "real_kd_online": Variant("real (JPEG), online teacher distillation", "real", True, False),
 }
