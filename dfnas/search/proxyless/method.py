@@ -12,8 +12,9 @@ Architecture step (held-out batch), the paper's two-path mode:
 ``estimator = "loss_diff"`` replaces step 2-3's linearization: the held-out loss is measured with each option
 of every sampled pair in turn (the other decisions on their active option; 1 + #decisions forward passes, no
 backward) and the same Jacobian is applied to those losses: the exact gradient of the expected loss over the
-pair. dL/dg_b - dL/dg_a is only a first-order estimate of L_b - L_a, and it scales with the norm of op b's
-output; parameter-free ops pass the node's unnormalized sum, larger than a BN-ended conv's, and win by it.
+pair. dL/dg_b - dL/dg_a is only a first-order estimate of L_b - L_a and grows with op b's output norm (skip
+and pooling pass the node's unnormalized sum); measured on NAS-Bench-201, the exact losses favour those ops
+as much, so this bias is not what drives the search to them (benchmarks/results/proxyless_diagnosis_cpu.md).
 Optional hardware term on the expected MACs E = base + sum_k softmax(alpha_k) . cost_k (differentiable):
 ``mul``: L * (E / target)^beta;  ``mul_log``: L * (log E / log target)^beta (the paper's code);
 ``add``: L + lambda * (E - target) / target.
@@ -106,7 +107,8 @@ class ProxylessMethod(AlphaMethod):
     def _reset_diagnostics(self) -> None:
         """Per-epoch counters of why the search moves (logged at epoch ends): per decision and option (n,),
         weight steps on the path (``sampled``), arch steps in the sampled pair (``paired``), and the sums over
-        those arch steps of dL/dg (``gate_grad``) and of the estimator's dL/dalpha (``alpha_grad``)."""
+        those arch steps of the estimator's signal (``gate_grad``: dL/dg, or the measured loss for ``loss_diff``)
+        and of its dL/dalpha (``alpha_grad``)."""
         self.diag = {k: {name: torch.zeros(len(a), dtype=torch.float64)
                          for name in ("sampled", "paired", "gate_grad", "alpha_grad")}
                      for k, a in self.alphas.items()}
