@@ -78,8 +78,10 @@ SETTINGS: dict[str, Setting] = {
                                       {**_SOFT, "ce_weight": 10.0}),
     "full_T2_T16_rce10_noregion": Setting(f"{_T2_LABEL}, round-1 CE weight 10, {_NO_REGION_LABEL}",
                                           {**_SOFT_T2, "calibration_ce_weight": 10.0}),
+    # the setting that meets the Spearman bar: the benchmarks' shared source `calibrated_rce20` (whose images
+    # datafree_training.py trains on), i.e. {**_SOFT_T2, "calibration_ce_weight": 20.0}
     "full_T2_T16_rce20_noregion": Setting(f"{_T2_LABEL}, round-1 CE weight 20, {_NO_REGION_LABEL}",
-                                          {**_SOFT_T2, "calibration_ce_weight": 20.0}),
+                                          dict(common.SOURCES["calibrated_rce20"].synthesis)),
 }
 
 
