@@ -31,6 +31,7 @@ import costs  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "search_quality"
+EDGE_ORDER = ("1<-0", "2<-0", "2<-1", "3<-0", "3<-1", "3<-2")  # the NB201 string's order of the edges
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Method:
     config: dict[str, Any]  # SearchConfig fields over the budget's common ones
 
 
+_ZC = {"proxy": "naswot+synflow", "candidates": 100, "keep": 2}
 METHODS: dict[str, Method] = {
     "darts_beta": Method("DARTS + β-decay", {"method": "darts", "darts": {"remedy": "beta"}}),
     # 10x the architecture learning rate: at a few hundred steps (beta-DARTS's own NB201 search takes ~19,500)
@@ -58,6 +60,13 @@ METHODS: dict[str, Method] = {
     "spos_fair": Method("SPOS, strict fairness", {"method": "spos", "spos": {"sampling": "fair"}}),
     # candidates ranked by the held-out search loss instead of top-1 (finer than top-1 on a few hundred images)
     "spos_loss": Method("SPOS, loss score", {"method": "spos", "spos": {"score": "loss"}}),
+    # zero-cost pre-filter: NASWOT + synflow (rank sum) score 100 random cells on the training split, and each
+    # edge keeps the 2 ops whose cells ranked best on average; the search runs on that 64-cell space. The
+    # pre-filter alone (its best-scored cell) is recorded beside each search, to judge what the search adds
+    "proxyless_zc": Method("ProxylessNAS, zero-cost pre-filter", {"method": "proxyless", "prefilter": _ZC}),
+    "spos_zc": Method("SPOS, zero-cost pre-filter", {"method": "spos", "prefilter": _ZC}),
+    "darts_beta_zc": Method("DARTS + β-decay, zero-cost pre-filter",
+                            {"method": "darts", "darts": {"remedy": "beta"}, "prefilter": _ZC}),
 }
 
 
@@ -202,7 +211,21 @@ def run_cell(ds: Any, source: str, method: str, seed: int, budget: Budget, runs:
         "weight_steps": r.get("weight_steps"), "final_held_out": r.get("final_held_out"),
         "macs": r.get("macs"), "params": r.get("params"), "spos": r.get("spos"),
         "load_average_1min": [load0, common.load_average()], "run_dir": str(res.out_dir),
+        **({"prefilter": prefilter_record(r["prefilter"], table)} if r.get("prefilter") else {}),
     }
+
+
+def prefilter_record(pf: dict[str, Any], table: Any) -> dict[str, Any]:
+    """What the zero-cost pre-filter left and what it scores alone: its own best-scored cell, and a uniformly
+    random cell of the restricted space (mean and best over all of its cells, from the ground truth)."""
+    import itertools
+
+    allowed = pf["allowed"]
+    accs = [table.lookup("|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*(c[k] for k in EDGE_ORDER)))["cifar10"]
+            for c in (dict(zip(allowed, combo, strict=True)) for combo in itertools.product(*allowed.values()))]
+    return {"allowed": allowed, "best_candidate": pf["best_candidate"],
+            "best_candidate_nb201": pf["best_candidate_nb201"]["cifar10"],
+            "space_cells": len(accs), "space_mean_nb201": sum(accs) / len(accs), "space_best_nb201": max(accs)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,6 +292,23 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
                          {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])])
         lines.append(common.md_table(["method", "comparison", "seeds", "mean difference", "95 % CI", "p (t)",
                                       "p (sign-flip)", "verdict"], crow))
+    pre = [g for g in groups.values() if any("prefilter" in c for c in cells
+                                             if c["source"] == g["source"] and c["method"] == g["method"])]
+    if pre:
+        lines.append("\n## What the zero-cost pre-filter adds\n")
+        lines.append("Per search with the pre-filter: the found cell, the pre-filter's own best-scored cell (what the "
+                     "training-free search returns with the same proxies, candidates and seed), and a uniformly "
+                     "random cell of the restricted space (mean over its cells; its best in brackets).\n")
+        prow = []
+        for g in pre:
+            cs = sorted((c for c in cells if c["source"] == g["source"] and c["method"] == g["method"]),
+                        key=lambda c: c["seed"])
+            prow.append([SOURCES[g["source"]].label, METHODS[g["method"]].label, len(cs), common.fmt_pm(g["acc"]),
+                         common.fmt_pm([c["prefilter"]["best_candidate_nb201"] for c in cs]),
+                         common.fmt_pm([c["prefilter"]["space_mean_nb201"] for c in cs]) + " (" + ", ".join(
+                             f"{c['prefilter']['space_best_nb201']:.2f}" for c in cs) + ")"])
+        lines.append(common.md_table(["source", "method", "seeds", "search", "pre-filter alone",
+                                      "random cell of the restricted space"], prow))
     lines.append("\n## Details (percentile = % of the 15,625 cells scoring at most as well; time = search only)\n")
     drows = []
     for g in groups.values():

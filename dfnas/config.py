@@ -113,12 +113,19 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
     return obj
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value, also for fields with a ``default_factory`` (e.g. a nested options block)."""
+    if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _plain(v: Any, skip_later: bool) -> Any:
     """Dataclasses, tuples and paths -> JSON-able values; ``skip_later`` drops ``ADDED_LATER`` fields at their
     defaults."""
     if dataclasses.is_dataclass(v):
         return {f.name: _plain(getattr(v, f.name), skip_later) for f in dataclasses.fields(v)
-                if not (skip_later and f.metadata.get("added_later") and getattr(v, f.name) == f.default)}
+                if not (skip_later and f.metadata.get("added_later") and getattr(v, f.name) == _default(f))}
     if isinstance(v, (list, tuple)):
         return [_plain(x, skip_later) for x in v]
     if isinstance(v, dict):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dfnas import distributed as D
-from dfnas.config import from_dict, identity_dict, to_dict
+from dfnas.config import ADDED_LATER, from_dict, identity_dict, to_dict
 from dfnas.data import ImageSet, open_dataset
 from dfnas.errors import ConfigError
 from dfnas.io import atomic_write_json
@@ -42,6 +42,7 @@ from dfnas.search.rundir import (
 )
 from dfnas.search.spos import SposConfig
 from dfnas.search.zerocost import ZeroCostConfig
+from dfnas.search.zerocost.prefilter import PrefilterConfig, prefilter_space
 from dfnas.spaces.archfile import nb201_ground_truth, write_arch_files
 from dfnas.spaces.base import Arch, Space, SpaceConfig, space_from_config
 
@@ -79,6 +80,8 @@ class SearchConfig:
     proxyless: ProxylessConfig = field(default_factory=ProxylessConfig)
     spos: SposConfig = field(default_factory=SposConfig)
     zerocost: ZeroCostConfig = field(default_factory=ZeroCostConfig)  # every training-free method's options
+    # zero-cost pre-filter of a supernet search: keep the options the proxies rank best (off by default)
+    prefilter: PrefilterConfig = field(default_factory=PrefilterConfig, metadata=ADDED_LATER)
 
     def check(self) -> None:
         cls = get_method_cls(self.method)  # ConfigError listing the methods for an unknown name
@@ -87,6 +90,9 @@ class SearchConfig:
         if not 0.0 < self.held_out < 1.0 and cls.needs_held_out:
             raise ConfigError(f"method {self.method!r} needs a held-out split: held_out must lie in (0, 1), "
                               f"got {self.held_out}")
+        if self.prefilter.enabled and cls.training_free:
+            raise ConfigError(f"prefilter applies to the methods that train a supernet; {self.method!r} is "
+                              f"training-free (its zerocost options already choose the candidates)")
         self.loop().check()
 
     def resolved_epochs(self) -> int:
@@ -153,6 +159,7 @@ class SearchSetup:
     teacher: Any
     identity: dict[str, Any]  # what a resumed run must match (written to config.json, hashed)
     record: dict[str, Any]  # what config.json records besides the identity
+    prefilter: dict[str, Any] | None = None  # what the zero-cost pre-filter kept (None: no pre-filter)
 
     def build_method(self) -> Any:
         cfg = self.cfg
@@ -177,6 +184,9 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
                         in_channels=space.in_channels)
     space.check_input()  # ArchError now rather than a shape error inside the first step
     train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
+    prefilter = None
+    if cfg.prefilter.enabled:  # the supernet and the method see only the options the proxies keep
+        space, prefilter = prefilter_space(space, train, cfg.prefilter, cfg.seed, dev)
     tch = resolve_teacher(teacher, dev, ds)
     trains = not get_method_cls(cfg.method).training_free  # a training-free search ignores the loop settings
     identity = {
@@ -186,10 +196,14 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
         "held_out": cfg.held_out, "seed": cfg.seed, "label_mode": ds.label_mode, "temperature": cfg.temperature,
         "dataset": dataset_info(ds), "online_teacher": teacher_identity(tch),
     }
+    if prefilter is not None:  # absent when off, so searches without it keep their identities
+        identity["prefilter"] = to_dict(cfg.prefilter)
     record = {"search": cfg.resolved(), "device": str(dev),
               "split": {"train": len(train), "held_out": len(held)},
               "space": space.config(), "dataset": identity["dataset"], "online_teacher": identity["online_teacher"]}
-    return SearchSetup(cfg, dev, ds, space, train, held, tch, identity, record)
+    if prefilter is not None:
+        record["prefilter"] = prefilter
+    return SearchSetup(cfg, dev, ds, space, train, held, tch, identity, record, prefilter)
 
 
 def finish_search(setup: SearchSetup, outcome: Any, out_dir: Path, config_hash: str,
@@ -199,6 +213,10 @@ def finish_search(setup: SearchSetup, outcome: Any, out_dir: Path, config_hash: 
     result = _result(cfg, space, arch, outcome.elapsed_s, outcome.steps, outcome.last_eval, table_path)
     result.update(outcome.extra)
     result.update(extra or {})
+    if setup.prefilter is not None:  # the pre-filter's own pick beside the search's, to judge what it adds
+        best = space.parse(setup.prefilter["best_candidate"])
+        gt = nb201_ground_truth(space, best, table_path)[0]
+        result["prefilter"] = {**setup.prefilter, "best_candidate_nb201": gt}
     write_arch_files(out_dir, space, arch, {"method": cfg.method, "config_hash": config_hash})
     atomic_write_json(out_dir / "result.json", result)
     plot_progress(out_dir / "log.jsonl", out_dir / "progress.png", f"{cfg.method} on {space.name}: {arch}")

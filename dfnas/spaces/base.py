@@ -338,6 +338,48 @@ class ChainSpace(Space):
         return Arch.of(cls.name, {cls.layer_key(i): op for i, op in enumerate(items)})
 
 
+def restrict_space(space: Space, allowed: Mapping[str, list[str]]) -> Space:
+    """A copy of ``space`` whose decisions offer only ``allowed[key]`` (kept in the space's own order).
+
+    Name, string format and plain networks stay those of ``space`` (a found architecture is an architecture
+    of the full space, and NAS-Bench-201 lookups work unchanged); ``decisions``, ``sample``, ``validate`` and
+    ``derive`` see only the allowed options, and the supernet holds only their candidates, so a search method
+    sizes its architecture weights, draws its paths and spends its weight steps on them alone. Used by the
+    zero-cost pre-filter of ``dfnas.search.prefilter``. ArchError for an unknown decision or option, or a
+    decision left without options.
+    """
+    dec = space.decisions()
+    if set(allowed) != set(dec):
+        raise ArchError(f"restricting space {space.name!r}: allowed options must name every decision {sorted(dec)}, "
+                        f"got {sorted(allowed)}")
+    sub: dict[str, list[str]] = {}
+    for k, opts in dec.items():
+        unknown = sorted(set(allowed[k]) - set(opts))
+        if unknown or not allowed[k]:
+            raise ArchError(f"restricting space {space.name!r}: decision {k!r} must keep one or more of {opts}, "
+                            f"got {list(allowed[k])}")
+        sub[k] = [o for o in opts if o in set(allowed[k])]
+    base_cls = type(space)
+
+    def decisions(cls: type[Space]) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in sub.items()}
+
+    def build_supernet(self: Space) -> Supernet:
+        net = base_cls.build_supernet(self)
+        for _, c in net.choices():  # drop the candidates of the options left out (their weights too)
+            for op in [o for o in c.options if o not in sub[c.key]]:
+                del c.candidates[op]
+            c.options = [o for o in c.options if o in sub[c.key]]
+        return net
+
+    cls = type(f"Restricted{base_cls.__name__}", (base_cls,), {
+        "decisions": classmethod(decisions), "build_supernet": build_supernet, "__module__": base_cls.__module__,
+        "__doc__": f"{base_cls.__name__} restricted to the options {sub}."})
+    out = object.__new__(cls)
+    out.__dict__.update(space.__dict__)
+    return out
+
+
 SPACES: Registry[type[Space]] = Registry("search space")
 
 
