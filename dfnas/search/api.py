@@ -171,8 +171,10 @@ class SearchSetup:
 
 
 def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path,
-                   device: str | torch.device | None = None, teacher: Any = None) -> SearchSetup:
-    """Validate the config and data, build the space, split the data and describe the run's identity."""
+                   device: str | torch.device | None = None, teacher: Any = None, progress: bool = True
+                   ) -> SearchSetup:
+    """Validate the config and data, build the space (restricted by the zero-cost pre-filter when it is on),
+    split the data and describe the run's identity."""
     if not isinstance(cfg, SearchConfig):
         cfg = from_dict(SearchConfig, dict(cfg), "search")
     cfg.check()
@@ -186,7 +188,7 @@ def prepare_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Pa
     train, held = ds.split(cfg.held_out, make_generator(cfg.seed, "search", "split"))
     prefilter = None
     if cfg.prefilter.enabled:  # the supernet and the method see only the options the proxies keep
-        space, prefilter = prefilter_space(space, train, cfg.prefilter, cfg.seed, dev)
+        space, prefilter = prefilter_space(space, train, cfg.prefilter, cfg.seed, dev, progress=progress)
     tch = resolve_teacher(teacher, dev, ds)
     trains = not get_method_cls(cfg.method).training_free  # a training-free search ignores the loop settings
     identity = {
@@ -240,7 +242,7 @@ def run_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path, 
     (``dfnas.search.distributed``), rank 0 writes ``out``, and every rank returns the same SearchResult.
     """
     ctx = D.current() if dist is None else dist
-    setup = prepare_search(cfg, data, device, teacher)
+    setup = prepare_search(cfg, data, device, teacher, progress=progress and ctx.is_main)
     cfg, space = setup.cfg, setup.space
     method = distribute(setup.build_method(), ctx)  # a training-free method is refused under torchrun
 
