@@ -31,7 +31,6 @@ import costs  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "search_quality"
-EDGE_ORDER = ("1<-0", "2<-0", "2<-1", "3<-0", "3<-1", "3<-2")  # the NB201 string's order of the edges
 
 
 @dataclass(frozen=True)
@@ -220,9 +219,11 @@ def prefilter_record(pf: dict[str, Any], table: Any) -> dict[str, Any]:
     random cell of the restricted space (mean and best over all of its cells, from the ground truth)."""
     import itertools
 
+    from dfnas.spaces.base import Arch
+
     allowed = pf["allowed"]
-    accs = [table.lookup("|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*(c[k] for k in EDGE_ORDER)))["cifar10"]
-            for c in (dict(zip(allowed, combo, strict=True)) for combo in itertools.product(*allowed.values()))]
+    accs = [table.lookup(Arch.of("nb201", dict(zip(allowed, combo, strict=True))))["cifar10"]
+            for combo in itertools.product(*allowed.values())]
     return {"allowed": allowed, "best_candidate": pf["best_candidate"],
             "best_candidate_nb201": pf["best_candidate_nb201"]["cifar10"],
             "space_cells": len(accs), "space_mean_nb201": sum(accs) / len(accs), "space_best_nb201": max(accs)}

@@ -345,7 +345,7 @@ def restrict_space(space: Space, allowed: Mapping[str, list[str]]) -> Space:
     of the full space, and NAS-Bench-201 lookups work unchanged); ``decisions``, ``sample``, ``validate`` and
     ``derive`` see only the allowed options, and the supernet holds only their candidates, so a search method
     sizes its architecture weights, draws its paths and spends its weight steps on them alone. Used by the
-    zero-cost pre-filter of ``dfnas.search.prefilter``. ArchError for an unknown decision or option, or a
+    zero-cost pre-filter of ``dfnas.search.zerocost.prefilter``. ArchError for an unknown decision or option, or a
     decision left without options.
     """
     dec = space.decisions()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from dfnas.data import ImageSet
 from dfnas.errors import ArchError, ConfigError
 from dfnas.io import MetricLogger
 from dfnas.repro import make_generator
@@ -95,6 +96,16 @@ def candidate_archs(space: Space, n: int, generator: torch.Generator) -> list[Ar
     return list(seen.values())
 
 
+def search_inputs(space: Space, train: ImageSet, candidates: int, batch_size: int, batches: int,
+                  proxies: list[str], seed: int, device: torch.device) -> tuple[list[Arch], list[Any]]:
+    """The candidates and proxy batches of a training-free search with ``seed`` (the pre-filter of the supernet
+    searches draws the same, so its best candidate is the cell this search returns)."""
+    archs = candidate_archs(space, candidates, make_generator(seed, "zerocost", "candidates"))
+    data = proxy_batches(train, batch_size, batches, make_generator(seed, "zerocost", "batches"), device, proxies,
+                         what="the search's training split")
+    return archs, data
+
+
 def read_scores(path: Path, config_hash: str) -> dict[int, dict[str, Any]]:
     """``{candidate index: line}`` from ``scores.jsonl``; a line cut short by a kill is ignored."""
     out: dict[int, dict[str, Any]] = {}
@@ -143,9 +154,8 @@ class ZeroCostMethod(SearchMethod):
 
         o: ZeroCostConfig = self.options
         seed = setup.cfg.seed
-        archs = candidate_archs(self.space, o.candidates, make_generator(seed, "zerocost", "candidates"))
-        batches = proxy_batches(setup.train, o.batch_size, o.batches, make_generator(seed, "zerocost", "batches"),
-                                self.device, self.proxies, what="the search's training split")
+        archs, batches = search_inputs(self.space, setup.train, o.candidates, o.batch_size, o.batches, self.proxies,
+                                       seed, self.device)
         path = out_dir / "scores.jsonl"
         done = read_scores(path, config_hash)
         done = {i: r for i, r in done.items() if i < len(archs) and r["arch"] == str(archs[i])}

@@ -1,19 +1,19 @@
 """Zero-cost pre-filter for the searches that train a supernet (DARTS, ProxylessNAS, SPOS).
 
 Before the supernet is built, ``candidates`` architectures are drawn and scored exactly as the training-free
-search ``zerocost`` scores them (same generators, batches of the search's training split, untrained plain
-networks), so the pre-filter's best candidate is the cell that search would return. Each option of each
-decision then gets the mean rank of the candidates that take it (ranks of the proxy score, or of the rank sum
-for several proxies); the ``keep`` best options per decision stay, and the search runs on that restricted
-space (``dfnas.spaces.base.restrict_space``): the supernet holds only their candidates.
+search ``zerocost`` scores them (``search_inputs``: the same candidates and batches of the search's training
+split; untrained plain networks), so the pre-filter's best candidate is the cell that search would return.
+Each option of each decision then gets the mean rank of the candidates that take it (ranks of the proxy score,
+or of the rank sum for several proxies); the ``keep`` best options per decision stay, and the search runs on
+that restricted space (``dfnas.spaces.base.restrict_space``): the supernet holds only their candidates.
 
 Why: at CPU budgets the weight-sharing searches prefer parameter-free options (pooling, skip) because the
 shared convolutions are barely trained when they decide (see the README's search-quality section); the
 proxies favour parameterized ones from the start. Whether the search then adds anything over the pre-filter
 alone is what the result's ``prefilter.best_candidate`` lets a benchmark measure.
 
-Off by default (``prefilter.proxy: null``). The pre-filter is recomputed when a search resumes (about a
-second per candidate at C=8 N=1 on one core); it is deterministic for the same settings and machine.
+Off by default (``prefilter.proxy: null``). The pre-filter is recomputed when a search resumes (about 10 s for
+100 candidates at C=8 N=1 on one core); it is deterministic for the same settings and machine.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ import torch
 
 from dfnas.data import ImageSet
 from dfnas.errors import ConfigError
-from dfnas.repro import make_generator
-from dfnas.search.zerocost.method import candidate_archs
-from dfnas.search.zerocost.scoring import combined_scores, parse_proxies, proxy_batches, ranks, score_arch
+from dfnas.search.zerocost.method import search_inputs
+from dfnas.search.zerocost.scoring import combined_scores, parse_proxies, ranks, score_arch
 from dfnas.spaces.base import Space, restrict_space
 
 
@@ -80,9 +79,7 @@ def prefilter_space(space: Space, train: ImageSet, cfg: PrefilterConfig, seed: i
         raise ConfigError(f"prefilter.keep={cfg.keep} keeps every option of space {space.name!r} (at most "
                           f"{max(len(o) for o in dec.values())} per decision): nothing would be filtered")
     t0 = time.perf_counter()
-    archs = candidate_archs(space, cfg.candidates, make_generator(seed, "zerocost", "candidates"))
-    batches = proxy_batches(train, cfg.batch_size, cfg.batches, make_generator(seed, "zerocost", "batches"),
-                            device, proxies, what="the search's training split")
+    archs, batches = search_inputs(space, train, cfg.candidates, cfg.batch_size, cfg.batches, proxies, seed, device)
     scores = [score_arch(space, a, proxies, batches, seed, device)
               for a in tqdm(archs, disable=not progress, leave=False, desc="prefilter")]
     combined = combined_scores(scores, proxies)
