@@ -10,7 +10,7 @@ import torch
 from test_zerocost import tiny_set
 
 from dfnas.config import from_dict
-from dfnas.errors import ArchError, ConfigError
+from dfnas.errors import ArchError, ConfigError, DataError
 from dfnas.repro import make_generator
 from dfnas.search import SearchConfig, run_search
 from dfnas.search.zerocost import candidate_archs, combined_scores, proxy_batches, score_arch
@@ -110,6 +110,43 @@ def test_prefilter_bad_input():
         PrefilterConfig(proxy="nawsot")
     with pytest.raises(ConfigError, match="prefilter.keep"):
         PrefilterConfig(proxy="synflow", keep=0)
+    with pytest.raises(DataError, match="prefilter.batch_size"):  # names the block the sizes come from
+        prefilter_space(build_space("nb201", C=2, N=1), tiny_set(n=20), PrefilterConfig(proxy="synflow"),
+                        0, torch.device("cpu"), progress=False)
     with pytest.raises(ConfigError, match="keeps every option"):
         prefilter_space(build_space("nb201", C=2, N=1), tiny_set(), PrefilterConfig(proxy="synflow", keep=5),
                         0, torch.device("cpu"), progress=False)
+
+
+def test_restricted_darts_space_keeps_none_and_samples_and_derives_within_it():
+    space = build_space("darts", C=2, layers=3)
+    allowed = {k: ["sep_conv_3x3", "skip_connect"] for k in space.decisions()}
+    r = restrict_space(space, allowed)
+    assert all(v == ["none", "skip_connect", "sep_conv_3x3"] for v in r.decisions().values())  # 'none' kept
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        a = r.sample(g)
+        r.check(a)  # 2 non-'none' inputs per node, every op among the kept ones
+    # derive reads the weights by the restricted options: index 2 is sep_conv_3x3 here (in the full space: the
+    # pooling), and 'none' is never picked however large its weight
+    w = {k: torch.tensor([9.0, 0.0, 1.0]) for k in r.decisions()}
+    assert set(r.derive(w).as_dict().values()) == {"none", "sep_conv_3x3"}
+    with pytest.raises(ArchError, match="must keep one or more"):
+        restrict_space(space, {**allowed, next(iter(allowed)): ["none"]})
+
+
+@pytest.mark.parametrize("space", ["darts", "proxyless", "spos"])
+def test_prefiltered_search_on_every_space(tmp_path, space):
+    from test_zerocost import SPACES, _npz, _run_cli
+
+    for method in ("darts", "proxyless", "spos"):
+        out = tmp_path / method
+        opts = ["prefilter.proxy=synflow", "prefilter.candidates=6", "prefilter.batch_size=6", "batch_size=6",
+                "max_steps=2", "epochs=1", "eval_max_batches=1", "spos.population=4", "spos.top_k=2",
+                "spos.generations=1", "spos.bn_batches=1", "spos.eval_batches=1", *SPACES[space]]
+        code = _run_cli(["search", "--data", _npz(tmp_path / "d.npz"), "--out", str(out), "--method", method,
+                         "--space", space, "--quiet", *[x for o in opts for x in ("--set", o)],
+                         "--nb201-table", str(tmp_path / "missing.csv")])
+        result = json.loads((out / "result.json").read_text())
+        kept = result["prefilter"]["allowed"]
+        assert code == 0 and all(result["arch"]["choices"][k] in kept[k] for k in kept), (space, method)

@@ -167,6 +167,9 @@ class Space(ABC):
     # CPU-sized settings a search uses unless its configuration sets them (``space_from_config(...,
     # cpu_defaults=True)``); the constructor's defaults are the papers' sizes
     cpu_defaults: ClassVar[Mapping[str, Any]] = {}
+    # options that carry structure rather than an operation (DARTS's 'none' = edge not selected): a restricted
+    # space (``restrict_space``) always keeps them, and a pre-filter does not count them among those it keeps
+    structural_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, in_channels: int = 3, **kwargs: Any) -> None:
         self.num_classes = num_classes
@@ -345,8 +348,8 @@ def restrict_space(space: Space, allowed: Mapping[str, list[str]]) -> Space:
     of the full space, and NAS-Bench-201 lookups work unchanged); ``decisions``, ``sample``, ``validate`` and
     ``derive`` see only the allowed options, and the supernet holds only their candidates, so a search method
     sizes its architecture weights, draws its paths and spends its weight steps on them alone. Used by the
-    zero-cost pre-filter of ``dfnas.search.zerocost.prefilter``. ArchError for an unknown decision or option, or a
-    decision left without options.
+    zero-cost pre-filter of ``dfnas.search.zerocost.prefilter``. The space's ``structural_options`` are always
+    kept. ArchError for an unknown decision or option, or a decision left without an operation.
     """
     dec = space.decisions()
     if set(allowed) != set(dec):
@@ -355,10 +358,10 @@ def restrict_space(space: Space, allowed: Mapping[str, list[str]]) -> Space:
     sub: dict[str, list[str]] = {}
     for k, opts in dec.items():
         unknown = sorted(set(allowed[k]) - set(opts))
-        if unknown or not allowed[k]:
-            raise ArchError(f"restricting space {space.name!r}: decision {k!r} must keep one or more of {opts}, "
-                            f"got {list(allowed[k])}")
-        sub[k] = [o for o in opts if o in set(allowed[k])]
+        if unknown or not set(allowed[k]) - set(space.structural_options):
+            raise ArchError(f"restricting space {space.name!r}: decision {k!r} must keep one or more of "
+                            f"{[o for o in opts if o not in space.structural_options]}, got {list(allowed[k])}")
+        sub[k] = [o for o in opts if o in set(allowed[k]) or o in space.structural_options]
     base_cls = type(space)
 
     def decisions(cls: type[Space]) -> dict[str, list[str]]:

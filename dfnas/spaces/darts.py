@@ -256,6 +256,7 @@ class DartsSpace(Space):
 
     name = "darts"
     cpu_defaults = {"C": 8, "layers": 5}  # the paper's search size is C=16 layers=8
+    structural_options = ("none",)  # marks an unselected edge (2 inputs per node): a restriction keeps it
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, layers: int = 5,
                  pool_bn: bool = True, affine: bool = True, in_channels: int = 3) -> None:
@@ -317,32 +318,37 @@ class DartsSpace(Space):
         return Arch.of(cls.name, {k: out[k] for k in cls.decisions()})
 
     def sample(self, generator: torch.Generator) -> Arch:
-        """Uniform valid genotype: per node 2 distinct inputs, each with a uniform non-'none' op."""
-        ops = PRIMITIVES[1:]
-        out = {k: "none" for k in self.decisions()}
+        """Uniform valid genotype: per node 2 distinct inputs, each with a uniform non-'none' op (of the
+        decision's options: a restricted space may offer fewer)."""
+        dec = self.decisions()
+        out = {k: "none" for k in dec}
         for t in CELL_TYPES:
             for j in NODES:
                 for i in torch.randperm(j, generator=generator)[:2].tolist():
-                    out[decision_key(t, j, i)] = ops[int(torch.randint(len(ops), (1,), generator=generator))]
+                    key = decision_key(t, j, i)
+                    ops = [o for o in dec[key] if o != "none"]
+                    out[key] = ops[int(torch.randint(len(ops), (1,), generator=generator))]
         return Arch.of(self.name, out)
 
     def derive(self, weights: Mapping[str, torch.Tensor], softmax: bool = True) -> Arch:
-        """DARTS's discretisation of architecture weights ``{key: (8,)}`` (logits; ``softmax=False`` if they
-        are already probabilities): per node keep the 2 incoming edges whose strongest non-'none' op weight is
-        largest, each with that op. Ties go to the lower input index / earlier op."""
-        none = PRIMITIVES.index("none")
-        out = {k: "none" for k in self.decisions()}
+        """DARTS's discretisation of architecture weights ``{key: (num_options,)}`` over the decision's options
+        (8, or fewer in a restricted space; logits, or probabilities with ``softmax=False``): per node keep the
+        2 incoming edges whose strongest non-'none' op weight is largest, each with that op. Ties go to the
+        lower input index / earlier op."""
+        dec = self.decisions()
+        out = {k: "none" for k in dec}
         for t in CELL_TYPES:
             for j in NODES:
                 scored = []
                 for i in range(j):
-                    w = torch.as_tensor(weights[decision_key(t, j, i)], dtype=torch.float64).detach().cpu()
+                    key = decision_key(t, j, i)
+                    w = torch.as_tensor(weights[key], dtype=torch.float64).detach().cpu()
                     if softmax:
                         w = torch.softmax(w, dim=0)
                     w = w.clone()
-                    w[none] = -float("inf")  # rank and pick among real ops only
+                    w[dec[key].index("none")] = -float("inf")  # rank and pick among real ops only
                     best = int(torch.argmax(w))
-                    scored.append((-float(w[best]), i, PRIMITIVES[best]))
+                    scored.append((-float(w[best]), i, dec[key][best]))
                 for _, i, op in sorted(scored)[:2]:
                     out[decision_key(t, j, i)] = op
         return Arch.of(self.name, out)

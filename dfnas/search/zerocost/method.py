@@ -97,12 +97,13 @@ def candidate_archs(space: Space, n: int, generator: torch.Generator) -> list[Ar
 
 
 def search_inputs(space: Space, train: ImageSet, candidates: int, batch_size: int, batches: int,
-                  proxies: list[str], seed: int, device: torch.device) -> tuple[list[Arch], list[Any]]:
+                  proxies: list[str], seed: int, device: torch.device, options: str = "zerocost"
+                  ) -> tuple[list[Arch], list[Any]]:
     """The candidates and proxy batches of a training-free search with ``seed`` (the pre-filter of the supernet
     searches draws the same, so its best candidate is the cell this search returns)."""
     archs = candidate_archs(space, candidates, make_generator(seed, "zerocost", "candidates"))
     data = proxy_batches(train, batch_size, batches, make_generator(seed, "zerocost", "batches"), device, proxies,
-                         what="the search's training split")
+                         what="the search's training split", options=options)
     return archs, data
 
 

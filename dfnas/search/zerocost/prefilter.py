@@ -75,20 +75,23 @@ def prefilter_space(space: Space, train: ImageSet, cfg: PrefilterConfig, seed: i
     assert cfg.proxy is not None
     proxies = parse_proxies(cfg.proxy)
     dec = space.decisions()
-    if cfg.keep >= max(len(o) for o in dec.values()):
+    ops = {k: [o for o in opts if o not in space.structural_options] for k, opts in dec.items()}  # what is kept
+    if cfg.keep >= max(len(o) for o in ops.values()):
         raise ConfigError(f"prefilter.keep={cfg.keep} keeps every option of space {space.name!r} (at most "
-                          f"{max(len(o) for o in dec.values())} per decision): nothing would be filtered")
+                          f"{max(len(o) for o in ops.values())} per decision): nothing would be filtered")
     t0 = time.perf_counter()
-    archs, batches = search_inputs(space, train, cfg.candidates, cfg.batch_size, cfg.batches, proxies, seed, device)
+    archs, batches = search_inputs(space, train, cfg.candidates, cfg.batch_size, cfg.batches, proxies, seed, device,
+                                   options="prefilter")
     scores = [score_arch(space, a, proxies, batches, seed, device)
               for a in tqdm(archs, disable=not progress, leave=False, desc="prefilter")]
     combined = combined_scores(scores, proxies)
     marginals = option_marginals(space, archs, combined)
-    # the keep best options per decision; ties go to the space's own order (stable sort)
-    allowed = {k: sorted(opts, key=lambda o, k=k: -marginals[k][o])[:cfg.keep] for k, opts in dec.items()}
+    # the keep best options per decision (structural ones, e.g. DARTS's 'none', stay besides); ties go to the
+    # space's own order (stable sort)
+    allowed = {k: sorted(o, key=lambda x, k=k: -marginals[k][x])[:cfg.keep] for k, o in ops.items()}
     best = max(range(len(archs)), key=lambda i: (combined[i], -i))  # the first best, as ZeroCostMethod.pick
     record = {"proxies": proxies, "candidates": len(archs), "keep": cfg.keep,
-              "allowed": {k: [o for o in dec[k] if o in allowed[k]] for k in dec},
+              "allowed": {k: [o for o in dec[k] if o in allowed[k] or o in space.structural_options] for k in dec},
               "marginals": {k: {o: (round(v, 3) if math.isfinite(v) else None) for o, v in m.items()}
                             for k, m in marginals.items()},
               "best_candidate": str(archs[best]), "seconds": round(time.perf_counter() - t0, 2)}

@@ -44,21 +44,22 @@ def class_indices(ds: ImageSet) -> torch.Tensor:
 
 
 def proxy_batches(ds: ImageSet, batch_size: int, batches: int, generator: torch.Generator,
-                  device: torch.device | str = "cpu", proxies: Sequence[str] = (), what: str = "dataset"
-                  ) -> list[Batch]:
+                  device: torch.device | str = "cpu", proxies: Sequence[str] = (), what: str = "dataset",
+                  options: str = "zerocost") -> list[Batch]:
     """``batches`` disjoint batches of ``batch_size`` images drawn without replacement (centre crops, no
-    augmentation), the same for every candidate. DataError when ``ds`` holds fewer images than that."""
+    augmentation), the same for every candidate. DataError when ``ds`` holds fewer images than that; the
+    messages name the settings block ``options`` the sizes come from (``zerocost`` or ``prefilter``)."""
     if batch_size < 1 or batches < 1:
         raise ConfigError(f"proxy batch_size and batches must be >= 1, got {batch_size} and {batches}")
     need_min = max([build_proxy(p).min_batch for p in proxies] or [1])
     if batch_size < need_min:
         raise ConfigError(f"proxy {'+'.join(proxies)!r} needs batches of at least {need_min} images, "
-                          f"got batch_size={batch_size}")
+                          f"got {options}.batch_size={batch_size}")
     need = batch_size * batches
     if len(ds) < need:
         raise DataError(f"{what} holds {len(ds)} images, too few for {batches} proxy batch(es) of {batch_size} "
-                        f"({need} images) for proxy {'+'.join(proxies) or '?'}; lower zerocost.batch_size or "
-                        "zerocost.batches, or use a larger dataset")
+                        f"({need} images) for proxy {'+'.join(proxies) or '?'}; lower {options}.batch_size or "
+                        f"{options}.batches, or use a larger dataset")
     order = torch.randperm(len(ds), generator=generator)[:need]
     labels = class_indices(ds)
     out = []
