@@ -293,17 +293,20 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
                          {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])])
         lines.append(common.md_table(["method", "comparison", "seeds", "mean difference", "95 % CI", "p (t)",
                                       "p (sign-flip)", "verdict"], crow))
-    pre = [g for g in groups.values() if any("prefilter" in c for c in cells
-                                             if c["source"] == g["source"] and c["method"] == g["method"])]
+    pre: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (source, method) -> its pre-filtered cells by seed
+    for c in sorted(cells, key=lambda c: c["seed"]):
+        if "prefilter" in c:
+            pre.setdefault((c["source"], c["method"]), []).append(c)
     if pre:
         lines.append("\n## What the zero-cost pre-filter adds\n")
         lines.append("Per search with the pre-filter: the found cell, the pre-filter's own best-scored cell (what the "
                      "training-free search returns with the same proxies, candidates and seed), and a uniformly "
                      "random cell of the restricted space (mean over its cells; its best in brackets).\n")
         prow = []
-        for g in pre:
-            cs = sorted((c for c in cells if c["source"] == g["source"] and c["method"] == g["method"]),
-                        key=lambda c: c["seed"])
+        for g in groups.values():
+            cs = pre.get((g["source"], g["method"]))
+            if cs is None:
+                continue
             prow.append([SOURCES[g["source"]].label, METHODS[g["method"]].label, len(cs), common.fmt_pm(g["acc"]),
                          common.fmt_pm([c["prefilter"]["best_candidate_nb201"] for c in cs]),
                          common.fmt_pm([c["prefilter"]["space_mean_nb201"] for c in cs]) + " (" + ", ".join(

@@ -37,6 +37,7 @@ from dfnas.search.base import SearchMethod, register_method
 from dfnas.search.weights_init import init_parameters
 from dfnas.search.zerocost.proxies import proxy_names
 from dfnas.search.zerocost.scoring import (
+    best_first,
     combined_scores,
     finite_or_none,
     from_json_score,
@@ -197,7 +198,7 @@ class ZeroCostMethod(SearchMethod):
         """The best candidate (first one on ties) and a summary of the scores for ``result.json``."""
         scores = [{p: from_json_score(done[i]["scores"][p]) for p in self.proxies} for i in range(len(archs))]
         combined = combined_scores(scores, self.proxies)
-        order = sorted(range(len(archs)), key=lambda i: (-combined[i], i))
+        order = best_first(combined)
         top = [{"arch": str(archs[i]), "score": finite_or_none(combined[i]),
                 "scores": {p: finite_or_none(v) for p, v in scores[i].items()}} for i in order[:5]]
         return archs[order[0]], {"proxies": self.proxies, "combined": "sum of ranks" if len(self.proxies) > 1

@@ -28,7 +28,7 @@ import torch
 from dfnas.data import ImageSet
 from dfnas.errors import ConfigError
 from dfnas.search.zerocost.method import search_inputs
-from dfnas.search.zerocost.scoring import combined_scores, parse_proxies, ranks, score_arch
+from dfnas.search.zerocost.scoring import best_first, combined_scores, parse_proxies, ranks, score_arch
 from dfnas.spaces.base import Space, restrict_space
 
 
@@ -89,7 +89,7 @@ def prefilter_space(space: Space, train: ImageSet, cfg: PrefilterConfig, seed: i
     # the keep best options per decision (structural ones, e.g. DARTS's 'none', stay besides); ties go to the
     # space's own order (stable sort)
     allowed = {k: sorted(o, key=lambda x, k=k: -marginals[k][x])[:cfg.keep] for k, o in ops.items()}
-    best = max(range(len(archs)), key=lambda i: (combined[i], -i))  # the first best, as ZeroCostMethod.pick
+    best = best_first(combined)[0]  # the candidate the training-free search returns
     record = {"proxies": proxies, "candidates": len(archs), "keep": cfg.keep,
               "allowed": {k: [o for o in dec[k] if o in allowed[k] or o in space.structural_options] for k in dec},
               "marginals": {k: {o: (round(v, 3) if math.isfinite(v) else None) for o, v in m.items()}

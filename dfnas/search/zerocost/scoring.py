@@ -113,6 +113,11 @@ def combined_scores(scores: Sequence[dict[str, float]], proxies: Sequence[str]) 
     return total
 
 
+def best_first(combined: Sequence[float]) -> list[int]:
+    """Candidate indices from the best combined score down; ties keep the candidates' order."""
+    return sorted(range(len(combined)), key=lambda i: (-combined[i], i))
+
+
 def finite_or_none(v: float) -> float | None:
     """JSON-friendly score: non-finite values (e.g. NASWOT's log 0 = -inf) become None (= lowest rank)."""
     return v if math.isfinite(v) else None
