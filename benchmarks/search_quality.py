@@ -46,6 +46,10 @@ METHODS: dict[str, Method] = {
     # softmax(alpha) ends within ~0.002 of uniform, so the derived cell rests on a hair's-breadth lead
     "darts_beta_lr10": Method("DARTS + β-decay, 10x arch lr",
                               {"method": "darts", "darts": {"remedy": "beta", "arch_lr": 3e-3}}),
+    # P-DARTS's cap on skip connections at derivation (at most 1 of the cell's 6 edges; P-DARTS keeps 2 of the
+    # DARTS normal cell's 8): the depth-5 searches find the residual skip but let skips win other edges too
+    "darts_beta_skip1": Method("DARTS + β-decay, at most 1 skip",
+                               {"method": "darts", "darts": {"remedy": "beta", "max_skip": 1}}),
     "darts": Method("DARTS", {"method": "darts", "darts": {"remedy": "none"}}),
     # DrNAS's Dirichlet mixing weights (sampled each step, KL to the uniform Dirichlet): its own NB201 search
     # lands on the optimum (94.36); the noise of the draws keeps a lead from resting on one op's early edge

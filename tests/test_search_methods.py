@@ -324,4 +324,60 @@ def test_new_darts_options_keep_earlier_search_identities():
 
     cls = get_method_cls("darts").config_cls
     assert "drnas_reg" not in identity_dict(from_dict(cls, {"remedy": "beta"}))
+    assert "max_skip" not in identity_dict(from_dict(cls, {"remedy": "beta"}))
+    assert identity_dict(from_dict(cls, {"remedy": "beta", "max_skip": 1}))["max_skip"] == 1
     assert identity_dict(from_dict(cls, {"remedy": "drnas", "drnas_reg": 0.01}))["drnas_reg"] == 0.01
+
+
+def _darts_with_alphas(space, probs: dict[str, list[float]], **opts):
+    m = build_method("darts", space, opts, make_generator(0, "m"), torch.device("cpu"))
+    with torch.no_grad():
+        for k, a in m.alphas.items():
+            a.copy_(torch.tensor(probs[k]).log())
+    return m
+
+
+def test_darts_max_skip_replaces_the_weakest_skips_by_their_next_best_op():
+    """P-DARTS's cap: with three skips chosen and max_skip=1, the two with the lowest skip weight fall back to
+    their second-best op and the strongest skip stays; without the cap the argmax is unchanged."""
+    space = build_space("nb201", num_classes=4, input_size=8, C=2, N=1)
+    ops = space.decisions()[next(iter(space.decisions()))]
+    assert ops == ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+    keys = list(space.decisions())
+    probs = {k: [0.1, 0.2, 0.2, 0.4, 0.1] for k in keys}  # conv 3x3 everywhere by default
+    probs[keys[0]] = [0.1, 0.35, 0.3, 0.15, 0.1]  # skip 0.35, then conv 1x1
+    probs[keys[1]] = [0.1, 0.4, 0.1, 0.1, 0.3]  # skip 0.40, then avg pool
+    probs[keys[3]] = [0.1, 0.5, 0.1, 0.2, 0.1]  # skip 0.50: the one kept
+    plain = _darts_with_alphas(space, probs, remedy="beta").current_arch().as_dict()
+    assert [plain[k] for k in keys] == ["skip_connect", "skip_connect", "nor_conv_3x3", "skip_connect",
+                                        "nor_conv_3x3", "nor_conv_3x3"]
+    capped = _darts_with_alphas(space, probs, remedy="beta", max_skip=1).current_arch().as_dict()
+    assert [capped[k] for k in keys] == ["nor_conv_1x1", "avg_pool_3x3", "nor_conv_3x3", "skip_connect",
+                                         "nor_conv_3x3", "nor_conv_3x3"]
+    two = _darts_with_alphas(space, probs, max_skip=2).current_arch().as_dict()
+    assert [two[k] for k in keys][:2] == ["nor_conv_1x1", "skip_connect"]
+    zero = _darts_with_alphas(space, probs, max_skip=0).current_arch().as_dict()
+    assert "skip_connect" not in zero.values()
+
+
+def test_darts_max_skip_on_the_darts_space_and_bad_values():
+    """In the DARTS space a ruled-out skip may drop its edge from the node's top 2; the cap holds over the whole
+    genotype. Bad values and a space without skip connections are refused with the setting's name."""
+    space = build_space("darts", num_classes=4, input_size=8, C=2, layers=3)
+    m = build_method("darts", space, {"max_skip": 1}, make_generator(0, "m"), torch.device("cpu"))
+    skip = space.decisions()[m.keys[0]].index("skip_connect")
+    with torch.no_grad():
+        for a in m.alphas.values():
+            a[skip] = 3.0  # skip leads on every edge
+    assert sum(op == "skip_connect" for op in m.space.derive({k: a.detach() for k, a in m.alphas.items()})
+               .as_dict().values()) > 1
+    assert sum(op == "skip_connect" for op in m.current_arch().as_dict().values()) == 1
+    cls = get_method_cls("darts").config_cls
+    with pytest.raises(ConfigError, match="darts.max_skip must be an integer >= 0"):
+        from_dict(cls, {"max_skip": -1})
+    for bad in (1.5, True):
+        with pytest.raises(ConfigError, match="max_skip"):
+            from_dict(cls, {"max_skip": bad})
+    prox = build_space("proxyless", num_classes=4, input_size=8, width_mult=0.1, layers_per_stage=[1, 2, 1, 1, 1])
+    with pytest.raises(ConfigError, match="darts.max_skip caps 'skip_connect' options, but space 'proxyless'"):
+        build_method("darts", prox, {"max_skip": 1}, make_generator(0, "m"), torch.device("cpu"))

@@ -8,6 +8,11 @@ held-out batch, before each weight step, with Adam(3e-4, betas (0.5, 0.999), wei
   -xi * d2 L_train / (d alpha d w) . dL_val/dw' is a finite-difference Hessian-vector product:
   (dL_train(w+)/d alpha - dL_train(w-)/d alpha) / (2 eps), w+- = w +- eps v, eps = r / ||v||.
 Derivation: ``space.derive(softmax weights)`` (argmax per decision; top-2 edges in the DARTS space).
+With ``max_skip`` (P-DARTS, Chen et al., ICCV 2019, who keep at most M = 2 skip connections in the DARTS normal
+cell): while the derived architecture holds more than ``max_skip`` ``skip_connect`` options, the chosen skip
+with the lowest softmax weight is ruled out on its decision and the architecture is derived again, so that
+decision takes its next-best op. It counts every decision of the space (in the DARTS space: both cell types).
+It changes only the derivation, so the supernet and alpha follow the same trajectory with or without it.
 
 Collapse remedies (DARTS drifts to parameter-free ops, ending at all-skip cells on NAS-Bench-201):
 - ``beta`` (beta-DARTS, Ye et al., CVPR 2022): add lambda * mean_k logsumexp(alpha_k) to the architecture
@@ -32,8 +37,10 @@ from dfnas.config import ADDED_LATER
 from dfnas.errors import ConfigError
 from dfnas.search.base import AlphaMethod, Batch, register_method
 from dfnas.search.loop import LoopContext
+from dfnas.spaces.base import Arch
 
 REMEDIES = ("none", "beta", "sdarts_rs", "drnas")
+SKIP = "skip_connect"  # the op max_skip counts (the NB201 and DARTS spaces' name for the identity edge)
 
 
 @dataclass
@@ -50,6 +57,8 @@ class DartsConfig:
     drnas_reg: float = field(default=1e-3, metadata=ADDED_LATER)  # weight of the KL term to Dirichlet(1)
     hessian_r: float = 0.01  # finite-difference step: eps = hessian_r / ||dL_val/dw'||
     warmup_epochs: int = 0  # weight-only epochs before architecture steps start
+    # P-DARTS's cap on skip connections in the derived architecture (None: no cap)
+    max_skip: int | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.remedy not in REMEDIES:
@@ -58,6 +67,9 @@ class DartsConfig:
             raise ConfigError(f"darts.order must be 'first' or 'second', got {self.order!r}")
         if not 0 <= self.drnas_reg < float("inf"):
             raise ConfigError(f"darts.drnas_reg must be a finite number >= 0, got {self.drnas_reg}")
+        if self.max_skip is not None and (isinstance(self.max_skip, bool) or not isinstance(self.max_skip, int)
+                                          or self.max_skip < 0):
+            raise ConfigError(f"darts.max_skip must be an integer >= 0 or null, got {self.max_skip!r}")
         if self.remedy == "drnas" and self.order == "second":
             raise ConfigError("darts.remedy 'drnas' samples new mixing weights at every pass and needs "
                               "darts.order 'first'")
@@ -69,6 +81,33 @@ class DartsMethod(AlphaMethod):
     config_cls = DartsConfig
     needs_held_out = True
     default_epochs = 10
+
+    def __init__(self, space: Any, options: Any, generator: torch.Generator, device: torch.device) -> None:
+        super().__init__(space, options, generator, device)
+        if self.options.max_skip is not None and not any(SKIP in opts for opts in space.decisions().values()):
+            raise ConfigError(f"darts.max_skip caps {SKIP!r} options, but space {space.name!r} has none "
+                              f"(its options: {sorted({o for v in space.decisions().values() for o in v})})")
+
+    def current_arch(self) -> Arch:
+        """The space's derivation of alpha, with at most ``max_skip`` skip connections when that is set."""
+        logits = {k: a.detach().clone() for k, a in self.alphas.items()}
+        arch = self.space.derive(logits)
+        if self.options.max_skip is None:
+            return arch
+        decisions = self.space.decisions()
+        # a decision whose only option is a skip (a restricted space) keeps it: there is nothing to fall back to
+        removable = [k for k in self.keys if SKIP in decisions[k] and len(decisions[k]) > 1]
+        skip_weight = {k: float(torch.softmax(logits[k], 0)[decisions[k].index(SKIP)]) for k in removable}
+        while True:
+            chosen = arch.as_dict()
+            skips = [k for k in removable if chosen[k] == SKIP]
+            if sum(op == SKIP for op in chosen.values()) <= self.options.max_skip or not skips:
+                return arch
+            # rule out the weakest chosen skip (lowest softmax weight on its own decision), then derive again
+            weakest = min(skips, key=skip_weight.__getitem__)
+            logits[weakest][decisions[weakest].index(SKIP)] = -float("inf")
+            removable.remove(weakest)
+            arch = self.space.derive(logits)
 
     def setup(self, ctx: LoopContext) -> None:
         o: DartsConfig = self.options
