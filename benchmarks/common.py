@@ -287,6 +287,35 @@ class CellStore:
         return rec
 
 
+def adopt_published(store: CellStore, published: Path, parts: Callable[[dict[str, Any]], tuple[str, ...]],
+                    sources_root: Path | None = None) -> int:
+    """Seed ``store`` with the cells of a published summary (``benchmarks/results/<stem>.json``) where the store
+    has no file yet; returns how many were adopted.
+
+    A fresh clone has the published summaries but not the scratch cell store, so without this a
+    ``--summary-only`` rebuild, or a run adding cells, would publish only the cells of this machine and drop
+    the rest. Each published cell carries its settings hash, so ``get`` still ignores any whose settings have
+    changed since; files already in the store (computed here) are never replaced. With ``sources_root``, the
+    summary's per-source facts (image count, time to make them) are adopted the same way.
+    """
+    from dfnas.io import atomic_write_json
+
+    if not published.is_file():
+        return 0
+    summary = json.loads(published.read_text())
+    adopted = 0
+    for cell in summary.get("cells", []):
+        path = store.path(*parts(cell))
+        if "cell_hash" in cell and not path.exists():
+            atomic_write_json(path, cell)
+            adopted += 1
+    if sources_root is not None:
+        for name, info in summary.get("sources", {}).items():
+            if not (sources_root / "sources" / f"{name}.json").exists():
+                put_source_info(sources_root, name, {k: v for k, v in info.items() if k != "label"})
+    return adopted
+
+
 def run_name(name: str, cell_hash: str) -> str:
     """Run-directory name of a cell: settings hash included, so changed settings start a fresh run."""
     return f"{name}-{cell_hash[:8]}"

@@ -172,3 +172,25 @@ def test_calibration_summary_over_seeds_counts_rises_and_keeps_old_cells_in_plac
                               "extra": budget.extra, "setting": cal.SETTINGS["generator_T2"].overrides})
     assert cal.cell_hash("generator_T2", budget, common.DATA_SEED) == old
     assert cal.cell_hash("generator_T2", budget, 1) != old
+
+
+def test_adopt_published_seeds_missing_cells_only_and_keeps_hash_checks(tmp_path):
+    """A fresh clone's cell store is seeded from the published summary: missing cells are written, a cell
+    computed here is never replaced, and a published cell whose settings hash no longer matches stays unused."""
+    common = _load("common")
+    store = common.CellStore(tmp_path / "cells")
+    store.put({"source": "real", "method": "m", "seed": 0, "acc": 1.0}, "real", "m", "seed0", cell_hash="h0")
+    published = tmp_path / "summary.json"
+    published.write_text(json.dumps({
+        "cells": [{"source": "real", "method": "m", "seed": 0, "acc": 9.0, "cell_hash": "h0"},
+                  {"source": "real", "method": "m", "seed": 1, "acc": 2.0, "cell_hash": "h1"},
+                  {"source": "noise", "method": "m", "seed": 0, "acc": 3.0, "cell_hash": "old"}],
+        "sources": {"noise": {"label": "Gaussian noise", "n": 40, "make_seconds": 1.5}}}))
+    parts = lambda c: (c["source"], c["method"], f"seed{c['seed']}")  # noqa: E731
+    assert common.adopt_published(store, published, parts, tmp_path) == 2
+    assert store.get("real", "m", "seed0", cell_hash="h0")["acc"] == 1.0  # computed here: kept
+    assert store.get("real", "m", "seed1", cell_hash="h1")["acc"] == 2.0
+    assert store.get("noise", "m", "seed0", cell_hash="new") is None  # settings changed since publication
+    assert common.get_source_info(tmp_path, "noise") == {"n": 40, "make_seconds": 1.5}
+    assert common.adopt_published(store, published, parts, tmp_path) == 0
+    assert common.adopt_published(store, tmp_path / "missing.json", parts) == 0
