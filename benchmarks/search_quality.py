@@ -215,6 +215,10 @@ def run_cell(ds: Any, source: str, method: str, seed: int, budget: Budget, runs:
         "macs": r.get("macs"), "params": r.get("params"), "spos": r.get("spos"),
         "load_average_1min": [load0, common.load_average()], "run_dir": str(res.out_dir),
         **({"prefilter": prefilter_record(r["prefilter"], table)} if r.get("prefilter") else {}),
+        # a capped derivation (darts.max_skip) also records the cell the same search gives without the cap
+        **({"uncapped": {"arch": r["darts"]["arch_uncapped"],
+                         "nb201_cifar10": table.lookup(r["darts"]["arch_uncapped"])["cifar10"]}}
+           if r.get("darts") else {}),
     }
 
 
@@ -317,6 +321,16 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
                              f"{c['prefilter']['space_best_nb201']:.2f}" for c in cs) + ")"])
         lines.append(common.md_table(["source", "method", "seeds", "search", "pre-filter alone",
                                       "random cell of the restricted space"], prow))
+    capped = [c for c in sorted(cells, key=lambda c: (c["source"], c["method"], c["seed"])) if "uncapped" in c]
+    if capped:
+        lines.append("\n## What the cap on skip connections changes\n")
+        lines.append("Per search with `darts.max_skip`: the cell it returns, and the cell the same search (same "
+                     "weights and architecture parameters: the cap acts at derivation only) gives without the cap.\n")
+        lines.append(common.md_table(
+            ["source", "method", "seed", "capped", "uncapped", "difference"],
+            [[SOURCES[c["source"]].label, METHODS[c["method"]].label, c["seed"], f"{c['nb201_cifar10']:.2f}",
+              f"{c['uncapped']['nb201_cifar10']:.2f}", f"{c['nb201_cifar10'] - c['uncapped']['nb201_cifar10']:+.2f}"]
+             for c in capped]))
     lines.append("\n## Details (percentile = % of the 15,625 cells scoring at most as well; time = search only)\n")
     drows = []
     for g in groups.values():

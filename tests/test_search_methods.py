@@ -381,3 +381,26 @@ def test_darts_max_skip_on_the_darts_space_and_bad_values():
     prox = build_space("proxyless", num_classes=4, input_size=8, width_mult=0.1, layers_per_stage=[1, 2, 1, 1, 1])
     with pytest.raises(ConfigError, match="darts.max_skip caps 'skip_connect' options, but space 'proxyless'"):
         build_method("darts", prox, {"max_skip": 1}, make_generator(0, "m"), torch.device("cpu"))
+
+
+def test_darts_max_skip_changes_only_the_derivation(tmp_path):
+    """The cap acts at derivation only: searches with and without it train the same weights and alpha, and
+    the capped one records the uncapped cell of the same alpha."""
+    ds = tiny_set()
+    train, held = ds.split(0.5, torch.Generator().manual_seed(0))
+    space = build_space("nb201", num_classes=4, input_size=8, C=2, N=1)
+    outs = []
+    for i, opts in enumerate(({"arch_lr": 0.05, "remedy": "beta"}, {"arch_lr": 0.05, "remedy": "beta",
+                                                                    "max_skip": 0})):
+        m = build_method("darts", space, opts, make_generator(0, "method"), torch.device("cpu"))
+        cfg = LoopConfig(epochs=2, batch_size=8, max_steps=3, eval_max_batches=1)
+        out = run_loop(m, train, held, cfg, Criterion("distill", 4.0), tmp_path / str(i), torch.device("cpu"),
+                       "h", seed=0, progress=False)
+        outs.append((m, out))
+    (plain, plain_out), (capped, capped_out) = outs
+    assert all(torch.equal(plain.alphas[k], capped.alphas[k]) for k in plain.keys)
+    ref = plain_out.model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in capped_out.model.state_dict().items())
+    assert "darts" not in plain_out.extra
+    assert capped_out.extra["darts"]["arch_uncapped"] == str(plain_out.arch)
+    assert "skip_connect" not in capped_out.arch.as_dict().values()

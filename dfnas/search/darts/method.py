@@ -109,6 +109,15 @@ class DartsMethod(AlphaMethod):
             removable.remove(weakest)
             arch = self.space.derive(logits)
 
+    def finalize(self, ctx: LoopContext) -> Arch:
+        """The derived architecture; with ``max_skip`` the result also records the uncapped derivation of the
+        same alpha (``darts.arch_uncapped``), the cell the search gives without the cap."""
+        arch = self.current_arch()
+        if self.options.max_skip is not None:
+            ctx.extra["darts"] = {"arch_uncapped": str(self.space.derive({k: a.detach() for k, a in
+                                                                          self.alphas.items()}))}
+        return arch
+
     def setup(self, ctx: LoopContext) -> None:
         o: DartsConfig = self.options
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=o.arch_lr, betas=tuple(o.arch_betas),
