@@ -325,7 +325,10 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
     if capped:
         lines.append("\n## What the cap on skip connections changes\n")
         lines.append("Per search with `darts.max_skip`: the cell it returns, and the cell the same search (same "
-                     "weights and architecture parameters: the cap acts at derivation only) gives without the cap.\n")
+                     "weights and architecture parameters: the cap acts at derivation only) gives without the cap. "
+                     "Judge the cap by this pair, not against another column: a long search can follow another "
+                     "trajectory on another machine (another CPU, another float order), and other columns' cells may "
+                     "have run elsewhere.\n")
         lines.append(common.md_table(
             ["source", "method", "seed", "capped", "uncapped", "difference"],
             [[SOURCES[c["source"]].label, METHODS[c["method"]].label, c["seed"], f"{c['nb201_cifar10']:.2f}",
