@@ -90,10 +90,10 @@ class DartsMethod(AlphaMethod):
 
     def current_arch(self) -> Arch:
         """The space's derivation of alpha, with at most ``max_skip`` skip connections when that is set."""
-        logits = {k: a.detach().clone() for k, a in self.alphas.items()}
-        arch = self.space.derive(logits)
+        arch = super().current_arch()  # the space's own derivation
         if self.options.max_skip is None:
             return arch
+        logits = {k: a.detach().clone() for k, a in self.alphas.items()}  # edited below: skips ruled out
         decisions = self.space.decisions()
         # a decision whose only option is a skip (a restricted space) keeps it: there is nothing to fall back to
         removable = [k for k in self.keys if SKIP in decisions[k] and len(decisions[k]) > 1]
@@ -114,8 +114,7 @@ class DartsMethod(AlphaMethod):
         same alpha (``darts.arch_uncapped``), the cell the search gives without the cap."""
         arch = self.current_arch()
         if self.options.max_skip is not None:
-            ctx.extra["darts"] = {"arch_uncapped": str(self.space.derive({k: a.detach() for k, a in
-                                                                          self.alphas.items()}))}
+            ctx.extra["darts"] = {"arch_uncapped": str(super().current_arch())}
         return arch
 
     def setup(self, ctx: LoopContext) -> None:
