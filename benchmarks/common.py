@@ -298,16 +298,13 @@ def adopt_published(store: CellStore, published: Path, parts: Callable[[dict[str
     changed since; files already in the store (computed here) are never replaced. With ``sources_root``, the
     summary's per-source facts (image count, time to make them) are adopted the same way.
     """
-    from dfnas.io import atomic_write_json
-
     if not published.is_file():
         return 0
     summary = json.loads(published.read_text())
     adopted = 0
     for cell in summary.get("cells", []):
-        path = store.path(*parts(cell))
-        if "cell_hash" in cell and not path.exists():
-            atomic_write_json(path, cell)
+        if "cell_hash" in cell and not store.path(*parts(cell)).exists():
+            store.put(cell, *parts(cell), cell_hash=cell["cell_hash"])
             adopted += 1
     if sources_root is not None:
         for name, info in summary.get("sources", {}).items():
