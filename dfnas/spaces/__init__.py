@@ -1,6 +1,6 @@
 """Search spaces. Importing this package registers every space in ``SPACES``."""
 
-from dfnas.spaces import darts, nb201, proxyless, spos  # noqa: F401  (register "darts", "nb201", ...)
+from dfnas.spaces import darts, nb201, proxyless, resnet, spos  # noqa: F401  (register "darts", "nb201", ...)
 from dfnas.spaces.base import (
     SPACES,
     Arch,

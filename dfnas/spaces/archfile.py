@@ -71,7 +71,8 @@ def parse_arch_string(s: str, space: str | None = None) -> Arch:
         except ArchError as e:
             errors[name] = str(e)
     t = s.strip()
-    likely = "nb201" if t.startswith("|") else "darts" if t.startswith("Genotype") else None
+    likely = ("nb201" if t.startswith("|") else "darts" if t.startswith("Genotype")
+              else "cifar_resnet" if t.lower().startswith("resnet") else None)
     if likely in errors:
         raise ArchError(errors[likely])
     raise ArchError(f"{t!r} is not an architecture string of any space ({'; '.join(errors.values())})")
