@@ -194,3 +194,20 @@ def test_adopt_published_seeds_missing_cells_only_and_keeps_hash_checks(tmp_path
     assert common.get_source_info(tmp_path, "noise") == {"n": 40, "make_seconds": 1.5}
     assert common.adopt_published(store, published, parts, tmp_path) == 0
     assert common.adopt_published(store, tmp_path / "missing.json", parts) == 0
+
+
+def test_prepared_device_run_smoke_on_cpu(tmp_path):
+    """The GPU script (gpu_protocol.py) runs end to end at its smoke budget on the CPU, part by part, and
+    keeps a finished part when the other runs later (the device run is made as two calls)."""
+    gp = _load("gpu_protocol")
+    assert gp.BUDGETS["h200"].device == "cuda" and gp.BUDGETS["h200"].a_teacher == "cifar10_resnet56"
+    assert gp.main(["--budget", "smoke", "--out", str(tmp_path), "--parts", "a", "--quiet"]) == 0
+    out = json.loads((tmp_path / "gpu_protocol_smoke.json").read_text())
+    a = out["parts"]["a"]
+    assert list(out["parts"]) == ["a"] and a["student"] == "resnet20" and a["teacher"] == "cifar10_resnet56"
+    assert 85.0 < a["teacher_top1"] < 100.0 and 0.0 <= a["student_top1"] <= 100.0 and a["epochs"] >= 1
+    assert gp.main(["--budget", "smoke", "--out", str(tmp_path), "--parts", "b", "--quiet"]) == 0
+    out = json.loads((tmp_path / "gpu_protocol_smoke.json").read_text())
+    assert out["parts"]["a"] == a  # kept, not rerun
+    assert out["parts"]["b"]["genotype"].startswith("Genotype(") and out["parts"]["b"]["train"]["test_n"] == 1017
+    assert "A. Data-free distillation" in (tmp_path / "gpu_protocol_smoke.md").read_text()
