@@ -9,8 +9,9 @@ Part B, the paper's own space: the ``darts-cifar10-paper`` preset (DARTS space, 
 the budget, on synthetic images from the ResNet-20 teacher, then a short retrain of the found genotype at
 the preset's evaluation size; top-1 of the exported network on the same real test images.
 
-Part A's training is fitted to a time box: a short calibration run measures the seconds per weight step on
-the machine, and the epochs are chosen so the planned steps fit (the cosine schedule then ends on time).
+Part A's training is fitted to a time box: a calibration run of one epoch measures the seconds per weight
+step on the machine (the replay bank's per-epoch refresh included), and the epochs are chosen so the planned
+steps fit (the cosine schedule then ends on time).
 Part B's retraining epochs are fixed by the budget (a run directory's identity holds them from the start).
 Finished parts are kept: a rerun with the same ``--out`` skips them (and resumes a part that was killed).
 
@@ -57,7 +58,6 @@ class Budget:
     a_train_s: float  # seconds of student training
     b_overrides: list[str]  # `dfnas run --preset darts-cifar10-paper` overrides (part B)
     b_epochs: int  # epochs of the found genotype's retraining (fixed: the run's identity needs them up front)
-    calib_steps: int = 20  # weight steps timed to fit the epochs
     note: str = ""
     min_epochs: int = 1
     max_epochs: int = 400
@@ -74,7 +74,7 @@ BUDGETS: dict[str, Budget] = {
                      "search.epochs=1", "search.batch_size=16", "search.max_steps=2",
                      "search.space.options={C: 4, layers: 3, affine: false}", "train.batch_size=16",
                      "export.space={C: 4, layers: 3, affine: true}"],
-        b_epochs=1, calib_steps=2, max_epochs=3,
+        b_epochs=1, max_epochs=3,
         note="smoke: CPU, sizes cut down to check the script runs; the numbers mean nothing"),
     "h200": Budget(
         device="cuda", a_teacher="cifar10_resnet56", a_images=20000,
@@ -124,7 +124,8 @@ def part_a(budget: Budget, out: Path, progress: bool) -> dict[str, Any]:
 
     n = len(open_dataset(data))
     spe = max(1, n // min(int(budget.a_train["batch_size"]), n))
-    step_s = step_seconds(train, out / "calibration", budget.calib_steps)
+    # one whole epoch timed: the replay bank's refresh (once per epoch) is counted as often as in the run
+    step_s = step_seconds(train, out / "calibration", spe)
     epochs = fit_epochs(budget.a_train_s, step_s, spe, budget)
     res = train({"epochs": epochs}, out / "train")
     return {"teacher": budget.a_teacher, "student": "resnet20", "images": n, "synthesis_s": round(synth_s, 1),
