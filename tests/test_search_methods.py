@@ -361,17 +361,23 @@ def test_darts_max_skip_replaces_the_weakest_skips_by_their_next_best_op():
 
 
 def test_darts_max_skip_on_the_darts_space_and_bad_values():
-    """In the DARTS space a ruled-out skip may drop its edge from the node's top 2; the cap holds over the whole
-    genotype. Bad values and a space without skip connections are refused with the setting's name."""
+    """In the DARTS space a ruled-out skip may drop its edge from the node's top 2; the cap holds over the normal
+    cell, as in P-DARTS, and leaves the reduction cell alone. Bad values and a space without skip connections
+    are refused with the setting's name."""
     space = build_space("darts", num_classes=4, input_size=8, C=2, layers=3)
     m = build_method("darts", space, {"max_skip": 1}, make_generator(0, "m"), torch.device("cpu"))
     skip = space.decisions()[m.keys[0]].index("skip_connect")
     with torch.no_grad():
         for a in m.alphas.values():
             a[skip] = 3.0  # skip leads on every edge
-    assert sum(op == "skip_connect" for op in m.space.derive({k: a.detach() for k, a in m.alphas.items()})
-               .as_dict().values()) > 1
-    assert sum(op == "skip_connect" for op in m.current_arch().as_dict().values()) == 1
+    def skips(arch, cell: str) -> int:
+        return sum(op == "skip_connect" for k, op in arch.as_dict().items() if k.startswith(cell + "."))
+
+    plain = m.space.derive({k: a.detach() for k, a in m.alphas.items()})
+    assert skips(plain, "normal") == skips(plain, "reduce") == 8  # 2 inputs x 4 nodes, all skips
+    capped = m.current_arch()
+    assert skips(capped, "normal") == 1 and skips(capped, "reduce") == 8
+    assert space.skip_cap_decisions() == [k for k in space.decisions() if k.startswith("normal.")]
     cls = get_method_cls("darts").config_cls
     with pytest.raises(ConfigError, match="darts.max_skip must be an integer >= 0"):
         from_dict(cls, {"max_skip": -1})

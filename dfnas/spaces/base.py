@@ -236,6 +236,11 @@ class Space(ABC):
         cls.validate(arch)
         return cls.format(arch)
 
+    def skip_cap_decisions(self) -> list[str]:
+        """The decisions whose skip connections a cap on skips counts and may rule out (``darts.max_skip``):
+        every decision here; the DARTS space narrows it to the normal cell, as P-DARTS does."""
+        return list(self.decisions())
+
     def sample(self, generator: torch.Generator) -> Arch:
         """Uniformly random architecture (each decision independently)."""
         out = {}

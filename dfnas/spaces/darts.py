@@ -273,6 +273,11 @@ class DartsSpace(Space):
     def decisions(cls) -> dict[str, list[str]]:
         return {decision_key(t, j, i): list(PRIMITIVES) for t in CELL_TYPES for j in NODES for i in range(j)}
 
+    def skip_cap_decisions(self) -> list[str]:
+        """The normal cell's edges only (P-DARTS caps skips there; a reduction cell's skip from a cell input is a
+        stride-2 FactorizedReduce, a convolution)."""
+        return [k for k in self.decisions() if k.startswith("normal.")]
+
     @classmethod
     def validate(cls, arch: Arch) -> None:
         super().validate(arch)

@@ -11,7 +11,8 @@ Derivation: ``space.derive(softmax weights)`` (argmax per decision; top-2 edges 
 With ``max_skip`` (P-DARTS, Chen et al., ICCV 2019, who keep at most M = 2 skip connections in the DARTS normal
 cell): while the derived architecture holds more than ``max_skip`` ``skip_connect`` options, the chosen skip
 with the lowest softmax weight is ruled out on its decision and the architecture is derived again, so that
-decision takes its next-best op. It counts every decision of the space (in the DARTS space: both cell types).
+decision takes its next-best op. It counts the decisions of ``space.skip_cap_decisions()``: every decision
+of NAS-Bench-201, the normal cell's edges in the DARTS space (as P-DARTS).
 It changes only the derivation, so the supernet and alpha follow the same trajectory with or without it.
 
 Collapse remedies (DARTS drifts to parameter-free ops, ending at all-skip cells on NAS-Bench-201):
@@ -84,7 +85,8 @@ class DartsMethod(AlphaMethod):
 
     def __init__(self, space: Any, options: Any, generator: torch.Generator, device: torch.device) -> None:
         super().__init__(space, options, generator, device)
-        if self.options.max_skip is not None and not any(SKIP in opts for opts in space.decisions().values()):
+        if self.options.max_skip is not None and not any(SKIP in space.decisions()[k]
+                                                         for k in space.skip_cap_decisions()):
             raise ConfigError(f"darts.max_skip caps {SKIP!r} options, but space {space.name!r} has none "
                               f"(its options: {sorted({o for v in space.decisions().values() for o in v})})")
 
@@ -96,12 +98,13 @@ class DartsMethod(AlphaMethod):
         logits = {k: a.detach().clone() for k, a in self.alphas.items()}  # edited below: skips ruled out
         decisions = self.space.decisions()
         # a decision whose only option is a skip (a restricted space) keeps it: there is nothing to fall back to
-        removable = [k for k in self.keys if SKIP in decisions[k] and len(decisions[k]) > 1]
+        counted = set(self.space.skip_cap_decisions())
+        removable = [k for k in self.keys if k in counted and SKIP in decisions[k] and len(decisions[k]) > 1]
         skip_weight = {k: float(torch.softmax(logits[k], 0)[decisions[k].index(SKIP)]) for k in removable}
         while True:
             chosen = arch.as_dict()
             skips = [k for k in removable if chosen[k] == SKIP]
-            if sum(op == SKIP for op in chosen.values()) <= self.options.max_skip or not skips:
+            if sum(chosen[k] == SKIP for k in counted) <= self.options.max_skip or not skips:
                 return arch
             # rule out the weakest chosen skip (lowest softmax weight on its own decision), then derive again
             weakest = min(skips, key=skip_weight.__getitem__)
