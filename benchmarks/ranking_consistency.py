@@ -28,6 +28,7 @@ benchmarks/_work/<budget>/ranking_consistency/cells/. Writes ranking_consistency
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sys
 import time
@@ -231,6 +232,39 @@ def spos_scores(archs: list[Any], source: str, train: Any, held: Any, real_test:
             "wall_s": round(train_s + time.perf_counter() - t1, 2), "eval_wall_s": round(time.perf_counter() - t1, 2)}
 
 
+def adopt_published(store: common.CellStore, published: Path, budget: Budget, archs: list[Any],
+                    sources_root: Path) -> int:
+    """Seed ``store`` with the published summary's scores (``benchmarks/results/<stem>.json``) where the store has
+    no file yet; returns how many cell files were adopted (``common.adopt_published`` for this benchmark).
+
+    The summary keeps each source's scores per proxy, not per-cell settings hashes, so it is adopted only when
+    it was made with exactly this budget's settings (then this budget's hashes are the ones its cells had).
+    """
+    if not published.is_file():
+        return 0
+    summary = json.loads(published.read_text())
+    if summary.get("budget_settings") != budget.as_dict() or [c["arch"] for c in summary.get("cells", [])] != [
+            str(a) for a in archs]:
+        return 0
+    th, sh, shf = trained_hash(budget), spos_hash(budget), spos_hash(budget, "fair")
+    files: list[tuple[dict[str, Any], tuple[str, ...], str]] = []
+    for s, entry in summary.get("scores", {}).items():
+        for i, rec in enumerate(entry.get("trained", [])):
+            files.append(({"source": s, "index": i, "arch": str(archs[i]), **rec}, (s, "trained", f"cell{i:02d}"), th))
+        for proxy, h in (("spos", sh), ("spos_fair", shf)):
+            if proxy in entry:
+                files.append(({"source": s, "scores": entry[proxy]}, (s, proxy, "scores"), h))
+    adopted = 0
+    for rec, parts, h in files:
+        if not store.path(*parts).exists():
+            store.put(rec, *parts, cell_hash=h)
+            adopted += 1
+    for name, info in summary.get("sources", {}).items():
+        if not (sources_root / "sources" / f"{name}.json").exists():
+            common.put_source_info(sources_root, name, {k: v for k, v in info.items() if k != "label"})
+    return adopted
+
+
 # ----------------------------------------------------------------------------------------------------------
 # statistics and outputs
 # ----------------------------------------------------------------------------------------------------------
@@ -383,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         import zerocost_ranking
 
         return zerocost_ranking.run(args, budget, archs, cells, sources, work, out, table, split, correlations)
+    # a fresh clone has the published summary but no cell store: adopt it, so that a rebuild or new cells add to it
+    adopted = adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json", budget, archs, work / NAME)
+    if adopted:
+        common.log(f"adopted {adopted} published cells of benchmarks/results/{NAME}_{args.budget}.json")
     real_test = common.real_test_set()
 
     def todo_trained(s: str) -> list[int]:

@@ -196,6 +196,33 @@ def test_adopt_published_seeds_missing_cells_only_and_keeps_hash_checks(tmp_path
     assert common.adopt_published(store, tmp_path / "missing.json", parts) == 0
 
 
+def test_ranking_adopts_a_published_summary_of_its_own_settings_only(tmp_path):
+    """ranking_consistency keeps scores per source, not per-cell hashes: its published summary is adopted (under
+    this budget's hashes) only when it was made with this very budget and cell sample; local files are kept."""
+    rc = _load("ranking_consistency")
+    common = _load("common")
+    budget = rc.BUDGETS["smoke"]
+    archs = ["|a|", "|b|"]
+    score = {"real_test": 10.0, "held_out": 20.0}
+    summary = {"budget_settings": budget.as_dict(), "cells": [{"arch": a} for a in archs],
+               "scores": {"full": {"trained": [score, score], "spos": [score, score]}},
+               "sources": {"full": {"label": "full synthesis", "n": 40, "make_seconds": 2.0}}}
+    published = tmp_path / "summary.json"
+    published.write_text(json.dumps(summary))
+    store = common.CellStore(tmp_path / "cells")
+    store.put({"source": "full", "index": 0, "real_test": 1.0, "held_out": 2.0}, "full", "trained", "cell00",
+              cell_hash=rc.trained_hash(budget))
+    assert rc.adopt_published(store, published, budget, archs, tmp_path) == 2  # cell01 and the SPOS scores
+    assert store.get("full", "trained", "cell00", cell_hash=rc.trained_hash(budget))["real_test"] == 1.0  # kept
+    assert store.get("full", "trained", "cell01", cell_hash=rc.trained_hash(budget))["held_out"] == 20.0
+    assert store.get("full", "spos", "scores", cell_hash=rc.spos_hash(budget))["scores"] == [score, score]
+    assert common.get_source_info(tmp_path, "full") == {"n": 40, "make_seconds": 2.0}
+    other = common.CellStore(tmp_path / "other")
+    assert rc.adopt_published(other, published, rc.BUDGETS["cpu"], archs, tmp_path) == 0  # other settings
+    assert rc.adopt_published(other, published, budget, ["|a|", "|c|"], tmp_path) == 0  # other cells
+    assert rc.adopt_published(other, tmp_path / "missing.json", budget, archs, tmp_path) == 0
+
+
 def test_prepared_device_run_smoke_on_cpu(tmp_path):
     """The GPU script (gpu_protocol.py) runs end to end at its smoke budget on the CPU, part by part, and
     keeps a finished part when the other runs later (the device run is made as two calls)."""
