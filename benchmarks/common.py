@@ -310,7 +310,14 @@ def adopt_published(store: CellStore, published: Path, parts: Callable[[dict[str
         for name, info in summary.get("sources", {}).items():
             if not (sources_root / "sources" / f"{name}.json").exists():
                 put_source_info(sources_root, name, {k: v for k, v in info.items() if k != "label"})
-    return adopted
+    return log_adopted(published, adopted)
+
+
+def log_adopted(published: Path, n: int) -> int:
+    """Say how many cells a benchmark adopted from its published summary (nothing when none); returns ``n``."""
+    if n:
+        log(f"adopted {n} published cells of {published}")
+    return n
 
 
 def run_name(name: str, cell_hash: str) -> str:

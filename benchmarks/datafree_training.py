@@ -98,9 +98,14 @@ def cell_hash(budget: Budget, arch: str, variant: str, seed: int) -> str:
 
 
 def pick_arch(args: argparse.Namespace, work: Path, table: Any) -> tuple[str, str]:
-    """(architecture string, how it was chosen)."""
+    """(architecture string, how it was chosen): --arch, else the published report's, else the best cell
+    search_quality.py found on full synthetic data at this budget."""
     if args.arch:
         return table.lookup(args.arch)["arch"], "given with --arch"
+    # the published report's architecture first: its cells are adopted, and new cells must add to them
+    published = common.RESULTS_DIR / f"{NAME}_{args.budget}.json"
+    if published.is_file() and (summary := json.loads(published.read_text())).get("arch"):
+        return summary["arch"], summary.get("arch_choice") or "the published report's architecture"
     cells_dir = work / "search_quality" / "cells" / "full"
     found = []
     for p in sorted(cells_dir.glob("*/seed*.json")):
@@ -204,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     arch = NB201Space.parse(arch_str)
     key = f"nb201-{gt['index']}"
     store = common.CellStore(work / NAME / "cells")
+    common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
+                                     lambda c: (f"nb201-{table.lookup(c['arch'])['index']}", c["variant"],
+                                                f"seed{c['seed']}"))
     runs = work / NAME / "runs"
     real_test = common.real_test_set()
     todo = [] if args.summary_only else [

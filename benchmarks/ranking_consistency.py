@@ -262,7 +262,7 @@ def adopt_published(store: common.CellStore, published: Path, budget: Budget, ar
     for name, info in summary.get("sources", {}).items():
         if not (sources_root / "sources" / f"{name}.json").exists():
             common.put_source_info(sources_root, name, {k: v for k, v in info.items() if k != "label"})
-    return adopted
+    return common.log_adopted(published, adopted)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -418,9 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return zerocost_ranking.run(args, budget, archs, cells, sources, work, out, table, split, correlations)
     # a fresh clone has the published summary but no cell store: adopt it, so that a rebuild or new cells add to it
-    adopted = adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json", budget, archs, work / NAME)
-    if adopted:
-        common.log(f"adopted {adopted} published cells of benchmarks/results/{NAME}_{args.budget}.json")
+    adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json", budget, archs, work / NAME)
     real_test = common.real_test_set()
 
     def todo_trained(s: str) -> list[int]:

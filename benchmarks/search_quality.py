@@ -425,10 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = common.parse_subset(args.methods, list(METHODS), "methods")
     seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
     store = common.CellStore(work / NAME / "cells")
-    adopted = common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
+    common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
                                      lambda c: (c["source"], c["method"], f"seed{c['seed']}"), work / NAME)
-    if adopted:
-        common.log(f"adopted {adopted} published cells of benchmarks/results/{NAME}_{args.budget}.json")
     runs = work / NAME / "runs"
     progress = not args.quiet
 

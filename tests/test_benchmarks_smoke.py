@@ -223,6 +223,27 @@ def test_ranking_adopts_a_published_summary_of_its_own_settings_only(tmp_path):
     assert rc.adopt_published(other, tmp_path / "missing.json", budget, archs, tmp_path) == 0
 
 
+def test_datafree_training_trains_the_published_architecture_unless_told_otherwise(tmp_path, monkeypatch):
+    """Without --arch, datafree_training keeps the architecture of its published report (whose cells a fresh
+    clone adopts), not whichever cell search_quality's store now ranks best; --arch still wins."""
+    import argparse
+
+    dt, common = _load("datafree_training"), _load("common")
+    from dfnas.spaces.nb201_table import NB201Table
+
+    table = NB201Table.load()
+    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    (tmp_path / "datafree_training_cpu.json").write_text(json.dumps({"arch": arch, "arch_choice": "as published"}))
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    args = argparse.Namespace(arch=None, budget="cpu", estimate_only=False)
+    assert dt.pick_arch(args, tmp_path / "work", table) == (arch, "as published")
+    best = table.best("cifar10")["arch"]
+    assert dt.pick_arch(argparse.Namespace(arch=best, budget="cpu", estimate_only=False), tmp_path, table) == (
+        best, "given with --arch")
+    with pytest.raises(SystemExit, match="no search result"):
+        dt.pick_arch(argparse.Namespace(arch=None, budget="cpu_5k", estimate_only=False), tmp_path / "work", table)
+
+
 def test_prepared_device_run_smoke_on_cpu(tmp_path):
     """The GPU script (gpu_protocol.py) runs end to end at its smoke budget on the CPU, part by part, and
     keeps a finished part when the other runs later (the device run is made as two calls)."""
