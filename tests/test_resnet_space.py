@@ -7,6 +7,7 @@ import torch
 from test_train import colour_set
 
 from dfnas.errors import ArchError
+from dfnas.search.api import make_space
 from dfnas.spaces import build_space, space_cost
 from dfnas.spaces.archfile import parse_arch_string
 from dfnas.teachers.resnet_cifar import resnet20
@@ -37,6 +38,8 @@ def test_bad_input_names_what_was_expected() -> None:
         build_space("cifar_resnet", in_channels=1)
     with pytest.raises(ArchError, match="not a search space"):
         build_space("cifar_resnet").build_supernet()
+    with pytest.raises(ArchError, match=r"not a search space: train one of its networks with `dfnas train"):
+        make_space({"name": "cifar_resnet"})  # a search (and `dfnas run`'s early check) refuses it up front
     with pytest.raises(ArchError, match="not 'cifar_resnet'"):
         build_space("cifar_resnet").validate(build_space("nb201").sample(torch.Generator().manual_seed(0)))
 

@@ -24,7 +24,7 @@ from torch import nn
 from dfnas import distributed as D
 from dfnas.config import ADDED_LATER, from_dict, identity_dict, to_dict
 from dfnas.data import ImageSet, open_dataset
-from dfnas.errors import ConfigError
+from dfnas.errors import ArchError, ConfigError
 from dfnas.io import atomic_write_json
 from dfnas.repro import make_generator, resolve_device
 from dfnas.search.base import SEARCH_METHODS, build_method, get_method_cls
@@ -139,11 +139,16 @@ class SearchResult:
 def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = None, *,
                num_classes: int | None = None, input_size: int | None = None, in_channels: int | None = None
                ) -> Space:
-    """Build the space: CPU defaults < configured options; class count, input size and image channels from
-    ``ds`` (or, without a dataset, from the keywords, e.g. the teacher's) where the options leave them unset."""
+    """Build the space a search runs on: CPU defaults < configured options; class count, input size and image
+    channels from ``ds`` (or, without a dataset, from the keywords, e.g. the teacher's) where the options leave
+    them unset. ArchError for a space nothing searches (a fixed family), before any work starts."""
     sc = space_cfg if isinstance(space_cfg, SpaceConfig) else from_dict(SpaceConfig, dict(space_cfg), "space")
-    return space_from_config(sc, ds, cpu_defaults=True, num_classes=num_classes, input_size=input_size,
-                             in_channels=in_channels)
+    space = space_from_config(sc, ds, cpu_defaults=True, num_classes=num_classes, input_size=input_size,
+                              in_channels=in_channels)
+    if not space.searchable:
+        space.build_supernet()  # a fixed family's supernet builder raises its own message: what to do instead
+        raise ArchError(f"space {space.name!r} is not a search space")
+    return space
 
 
 @dataclass
