@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
     store = common.CellStore(work / NAME / "cells")
     common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
-                                     lambda c: cell_parts(c["setting"], c.get("seed", common.DATA_SEED)))
+                           lambda c: cell_parts(c["setting"], c.get("seed", common.DATA_SEED)))
     for seed in seeds:
         for n in names:
             h = cell_hash(n, budget, seed)

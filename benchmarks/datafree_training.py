@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     key = f"nb201-{gt['index']}"
     store = common.CellStore(work / NAME / "cells")
     common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
-                                     lambda c: (f"nb201-{table.lookup(c['arch'])['index']}", c["variant"],
-                                                f"seed{c['seed']}"))
+                           lambda c: (f"nb201-{table.lookup(c['arch'])['index']}", c["variant"],
+                                      f"seed{c['seed']}"))
     runs = work / NAME / "runs"
     real_test = common.real_test_set()
     todo = [] if args.summary_only else [

@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     store = common.CellStore(work / NAME / "cells")
     key = "arch-" + common.stable_hash(args.arch)[:8]
     common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
-                                     lambda c: ("arch-" + common.stable_hash(c["arch"])[:8], c["variant"],
-                                                f"seed{c['seed']}"))
+                           lambda c: ("arch-" + common.stable_hash(c["arch"])[:8], c["variant"],
+                                      f"seed{c['seed']}"))
     todo = [] if args.summary_only else [
         (v, k) for v in variants for k in seeds
         if store.get(key, v, f"seed{k}", cell_hash=cell_hash(budget, args.arch, v, k)) is None]

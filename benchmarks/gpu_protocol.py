@@ -15,8 +15,8 @@ steps fit (the cosine schedule then ends on time).
 Part B's retraining epochs are fixed by the budget (a run directory's identity holds them from the start).
 Finished parts are kept: a rerun with the same ``--out`` skips them (and resumes a part that was killed).
 
-    python benchmarks/gpu_protocol.py --budget smoke --out /tmp/gp   # CPU, a few minutes: checks the script
-    python benchmarks/gpu_protocol.py --budget h200 --out $OUT       # the device run (about 10 minutes)
+    python benchmarks/gpu_protocol.py --budget smoke --out /tmp/gp   # CPU, about a minute: checks the script
+    python benchmarks/gpu_protocol.py --budget h200 --out /tmp/gp    # the device run (below: two calls)
 
 Writes gpu_protocol_<budget>.{json,md} into --out. On the lent machine (the device tool), the assets beside
 the checkout do not travel: copy the few it needs into an ignored folder of the repo and carry it, once here:
@@ -25,10 +25,13 @@ the checkout do not travel: copy the few it needs into an ignored folder of the 
     cp -r ../shared/assets/teachers ../shared/assets/nb201 .devassets/
     cp ../shared/assets/cifar10/exact_test_1017.npz .devassets/cifar10/
 
-then one run (carry ``.devassets``; the machine's python3 has torch; about 11 MB travel):
+then two calls of the device tool (each carrying ``.devassets``; about 11 MB travel; the machine's python3
+has torch), each part sized to about 5 minutes, inside one command's 10-minute limit with room to spare:
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. DFNAS_ASSETS=.devassets python3 benchmarks/gpu_protocol.py --budget h200 \
-        --out /tmp/gp && cp /tmp/gp/gpu_protocol_h200.* $OUT/
+        --out /tmp/gp --parts a && cp /tmp/gp/gpu_protocol_h200.* $OUT/
+
+and the same with ``--parts b`` on the still-warm machine, whose /tmp/gp keeps part A for the summary.
 """
 
 from __future__ import annotations
@@ -164,7 +167,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["## B. DARTS-space search on synthetic data and a short retrain", "",
                   f"Found genotype: `{b['genotype']}`", "",
                   common.md_table(["retrained top-1", "retraining epochs", "stage seconds"],
-                                  [[tr.get("test_top1"), tr.get("epochs"), json.dumps(b["stage_seconds"])]]), ""]
+                                  [[f"{tr['test_top1']:.2f}" if tr.get("test_top1") is not None else "–",
+                                    tr.get("epochs"), json.dumps(b["stage_seconds"])]]), ""]
     lines += ["Top-1 on the 1,017 bit-exact real CIFAR-10 test images (evaluation only)."]
     return "\n".join(lines) + "\n"
 

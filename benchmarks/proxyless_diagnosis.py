@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
     store = common.CellStore(work / NAME / "cells")
     common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
-                                     lambda c: (c["source"], c["variant"], f"seed{c['seed']}"))
+                           lambda c: (c["source"], c["variant"], f"seed{c['seed']}"))
     runs = work / NAME / "runs"
 
     from dfnas.spaces.nb201_table import NB201Table

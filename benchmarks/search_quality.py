@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
     store = common.CellStore(work / NAME / "cells")
     common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
-                                     lambda c: (c["source"], c["method"], f"seed{c['seed']}"), work / NAME)
+                           lambda c: (c["source"], c["method"], f"seed{c['seed']}"), work / NAME)
     runs = work / NAME / "runs"
     progress = not args.quiet
 
