@@ -84,11 +84,11 @@ BUDGETS: dict[str, Budget] = {
         a_synthesis=["method=generator", "rounds=2", "batch_size=256"],
         a_train=dict(_TRAIN), a_train_s=240.0,
         b_overrides=["synthesis.method=generator", "synthesis.num_images=10000", "synthesis.batch_size=256",
-                     "search.epochs=4", "search.batch_size=64", "export.space={C: 16, layers: 8, affine: true}"],
-        b_epochs=20,
+                     "search.epochs=3", "search.batch_size=64", "export.space={C: 16, layers: 8, affine: true}"],
+        b_epochs=10,
         note="h200: one H200; part A 20,000 generator images and 4 min of ResNet-20 training; part B 10,000 "
-             "generator images, 4 DARTS-space search epochs (8 cells, C=16, second order), 20 epochs of retraining "
-             "the found genotype (8 cells, C=16)"),
+             "generator images, 3 DARTS-space search epochs (8 cells, C=16, second order), 10 epochs of retraining "
+             "the found genotype (8 cells, C=16); sizes estimated, not timed on the machine"),
 }
 
 
