@@ -248,7 +248,12 @@ def test_prepared_device_run_smoke_on_cpu(tmp_path):
     """The GPU script (gpu_protocol.py) runs end to end at its smoke budget on the CPU, part by part, and
     keeps a finished part when the other runs later (the device run is made as two calls)."""
     gp = _load("gpu_protocol")
-    assert gp.BUDGETS["h200"].device == "cuda" and gp.BUDGETS["h200"].a_teacher == "cifar10_resnet56"
+    h200 = gp.BUDGETS["h200"]
+    assert h200.device == "cuda" and h200.a_teacher == "cifar10_resnet56"
+    # the epochs that fit a time box: 240 s at 0.02 s per step and 78 steps per epoch is 153 whole epochs
+    assert gp.fit_epochs(240.0, 0.02, 78, h200) == 153
+    assert gp.fit_epochs(240.0, 10.0, 78, h200) == h200.min_epochs  # too slow: still one epoch
+    assert gp.fit_epochs(240.0, 1e-9, 78, h200) == h200.max_epochs  # capped
     assert gp.main(["--budget", "smoke", "--out", str(tmp_path), "--parts", "a", "--quiet"]) == 0
     out = json.loads((tmp_path / "gpu_protocol_smoke.json").read_text())
     a = out["parts"]["a"]
