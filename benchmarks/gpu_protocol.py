@@ -18,7 +18,7 @@ Finished parts are kept: a rerun with the same ``--out`` skips them (and resumes
     python benchmarks/gpu_protocol.py --budget smoke --out /tmp/gp   # CPU, about a minute: checks the script
     python benchmarks/gpu_protocol.py --budget h200 --out /tmp/gp    # the device run (below: two calls)
 
-Writes gpu_protocol_<budget>.{json,md} into --out. On the lent machine (the device tool), the assets beside
+Writes gpu_protocol_<budget>.{json,md,png} into --out. On the lent machine (the device tool), the assets beside
 the checkout do not travel: copy the few it needs into an ignored folder of the repo and carry it, once here:
 
     echo /.devassets/ >> .git/info/exclude; mkdir -p .devassets/cifar10
@@ -173,6 +173,23 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    """Bars of real-test top-1: part A's teacher and data-free student, part B's retrained genotype."""
+    plt = common.pyplot()
+    a, b = summary["parts"].get("a"), summary["parts"].get("b")
+    bars = ([("ResNet-56 teacher", a["teacher_top1"]), ("ResNet-20, data-free", a["student_top1"])] if a else [])
+    if b and (b.get("train") or {}).get("test_top1") is not None:
+        bars.append(("DARTS-space genotype,\nretrained data-free", b["train"]["test_top1"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([n for n, _ in bars], [v for _, v in bars], color=["0.6", "tab:blue", "tab:green"][:len(bars)])
+    for i, (_, v) in enumerate(bars):
+        ax.text(i, v + 1, f"{v:.1f}", ha="center")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("top-1 on 1,017 real test images (%)")
+    ax.set_title(f"prepared device run ({summary['budget']})")
+    return common.save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=list(BUDGETS), required=True)
@@ -196,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             done[part] = rec
     summary = {"benchmark": NAME, "budget": args.budget, "budget_settings": asdict(budget), "note": budget.note,
                "parts": done, "environment": common.environment()}
-    common.write_outputs(args.out, f"{NAME}_{args.budget}", summary, markdown(summary))
-    common.log(f"{NAME}: wrote {args.out}/{NAME}_{args.budget}.json and .md")
+    common.publish(args.out, f"{NAME}_{args.budget}", summary, markdown(summary), plot, "prepared device run")
     return 0
 
 

@@ -264,3 +264,4 @@ def test_prepared_device_run_smoke_on_cpu(tmp_path):
     assert out["parts"]["a"] == a  # kept, not rerun
     assert out["parts"]["b"]["genotype"].startswith("Genotype(") and out["parts"]["b"]["train"]["test_n"] == 1017
     assert "A. Data-free distillation" in (tmp_path / "gpu_protocol_smoke.md").read_text()
+    assert (tmp_path / "gpu_protocol_smoke.png").stat().st_size > 0
