@@ -301,23 +301,27 @@ def adopt_published(store: CellStore, published: Path, parts: Callable[[dict[str
     if not published.is_file():
         return 0
     summary = json.loads(published.read_text())
+    records = [(cell, parts(cell), cell["cell_hash"]) for cell in summary.get("cells", []) if "cell_hash" in cell]
+    return adopt_records(store, published, records, summary, sources_root)
+
+
+def adopt_records(store: CellStore, published: Path, records: Iterable[tuple[dict[str, Any], tuple[str, ...], str]],
+                  summary: dict[str, Any], sources_root: Path | None) -> int:
+    """Write each (record, parts, settings hash) of the published summary whose file the store lacks (a file
+    computed here is never replaced), and, with ``sources_root``, the summary's per-source facts likewise; log
+    and return how many cells were adopted. The one mechanism behind every benchmark's adoption."""
     adopted = 0
-    for cell in summary.get("cells", []):
-        if "cell_hash" in cell and not store.path(*parts(cell)).exists():
-            store.put(cell, *parts(cell), cell_hash=cell["cell_hash"])
+    for rec, cell_parts, cell_hash in records:
+        if not store.path(*cell_parts).exists():
+            store.put(rec, *cell_parts, cell_hash=cell_hash)
             adopted += 1
     if sources_root is not None:
         for name, info in summary.get("sources", {}).items():
             if not (sources_root / "sources" / f"{name}.json").exists():
                 put_source_info(sources_root, name, {k: v for k, v in info.items() if k != "label"})
-    return log_adopted(published, adopted)
-
-
-def log_adopted(published: Path, n: int) -> int:
-    """Say how many cells a benchmark adopted from its published summary (nothing when none); returns ``n``."""
-    if n:
-        log(f"adopted {n} published cells of {published}")
-    return n
+    if adopted:
+        log(f"adopted {adopted} published cells of {published}")
+    return adopted
 
 
 def run_name(name: str, cell_hash: str) -> str:

@@ -247,22 +247,15 @@ def adopt_published(store: common.CellStore, published: Path, budget: Budget, ar
             str(a) for a in archs]:
         return 0
     th, sh, shf = trained_hash(budget), spos_hash(budget), spos_hash(budget, "fair")
-    files: list[tuple[dict[str, Any], tuple[str, ...], str]] = []
+    records: list[tuple[dict[str, Any], tuple[str, ...], str]] = []
     for s, entry in summary.get("scores", {}).items():
         for i, rec in enumerate(entry.get("trained", [])):
-            files.append(({"source": s, "index": i, "arch": str(archs[i]), **rec}, (s, "trained", f"cell{i:02d}"), th))
+            records.append(({"source": s, "index": i, "arch": str(archs[i]), **rec}, (s, "trained", f"cell{i:02d}"),
+                            th))
         for proxy, h in (("spos", sh), ("spos_fair", shf)):
             if proxy in entry:
-                files.append(({"source": s, "scores": entry[proxy]}, (s, proxy, "scores"), h))
-    adopted = 0
-    for rec, parts, h in files:
-        if not store.path(*parts).exists():
-            store.put(rec, *parts, cell_hash=h)
-            adopted += 1
-    for name, info in summary.get("sources", {}).items():
-        if not (sources_root / "sources" / f"{name}.json").exists():
-            common.put_source_info(sources_root, name, {k: v for k, v in info.items() if k != "label"})
-    return common.log_adopted(published, adopted)
+                records.append(({"source": s, "scores": entry[proxy]}, (s, proxy, "scores"), h))
+    return common.adopt_records(store, published, records, summary, sources_root)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -145,9 +145,8 @@ def make_space(space_cfg: SpaceConfig | dict[str, Any], ds: ImageSet | None = No
     sc = space_cfg if isinstance(space_cfg, SpaceConfig) else from_dict(SpaceConfig, dict(space_cfg), "space")
     space = space_from_config(sc, ds, cpu_defaults=True, num_classes=num_classes, input_size=input_size,
                               in_channels=in_channels)
-    if not space.searchable:
-        space.build_supernet()  # a fixed family's supernet builder raises its own message: what to do instead
-        raise ArchError(f"space {space.name!r} is not a search space")
+    if space.not_searchable:
+        raise ArchError(space.not_searchable)
     return space
 
 

@@ -170,8 +170,9 @@ class Space(ABC):
     # options that carry structure rather than an operation (DARTS's 'none' = edge not selected): a restricted
     # space (``restrict_space``) always keeps them, and a pre-filter does not count them among those it keeps
     structural_options: ClassVar[tuple[str, ...]] = ()
-    # False for a fixed network family (``cifar_resnet``): its networks train and export, but nothing searches it
-    searchable: ClassVar[bool] = True
+    # set for a fixed network family (``cifar_resnet``): why nothing searches it and what to do instead; its
+    # networks still train and export
+    not_searchable: ClassVar[str | None] = None
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, in_channels: int = 3, **kwargs: Any) -> None:
         self.num_classes = num_classes

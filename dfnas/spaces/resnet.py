@@ -14,8 +14,6 @@ from dfnas.errors import ArchError
 from dfnas.spaces.base import Arch, Space, Supernet, register_space
 
 DEPTHS = ["20", "32", "44", "56"]
-NOT_SEARCHABLE = ("space 'cifar_resnet' is a fixed network family, not a search space: train one of its networks "
-                  "with `dfnas train --arch resnet20`, or search nb201, darts, proxyless or spos")
 
 
 @register_space
@@ -23,7 +21,8 @@ class CifarResNetSpace(Space):
     """ResNet-(6n+2) for CIFAR-sized images: 3 stages of 16/32/64 channels; the decision is the depth."""
 
     name = "cifar_resnet"
-    searchable = False
+    not_searchable = ("space 'cifar_resnet' is a fixed network family, not a search space: train one of its "
+                      "networks with `dfnas train --arch resnet20`, or search nb201, darts, proxyless or spos")
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, in_channels: int = 3) -> None:
         super().__init__(num_classes, input_size, in_channels)
@@ -48,7 +47,7 @@ class CifarResNetSpace(Space):
         return Arch.of(cls.name, {"depth": depth})
 
     def build_supernet(self) -> Supernet:
-        raise ArchError(NOT_SEARCHABLE)
+        raise ArchError(self.not_searchable)
 
     def build_network(self, arch: Arch) -> nn.Module:
         from dfnas.teachers.resnet_cifar import CifarResNet

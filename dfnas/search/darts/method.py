@@ -85,10 +85,10 @@ class DartsMethod(AlphaMethod):
 
     def __init__(self, space: Any, options: Any, generator: torch.Generator, device: torch.device) -> None:
         super().__init__(space, options, generator, device)
-        if self.options.max_skip is not None and not any(SKIP in space.decisions()[k]
-                                                         for k in space.skip_cap_decisions()):
+        dec = space.decisions()
+        if self.options.max_skip is not None and not any(SKIP in dec[k] for k in space.skip_cap_decisions()):
             raise ConfigError(f"darts.max_skip caps {SKIP!r} options, but space {space.name!r} has none "
-                              f"(its options: {sorted({o for v in space.decisions().values() for o in v})})")
+                              f"(its options: {sorted({o for v in dec.values() for o in v})})")
 
     def current_arch(self) -> Arch:
         """The space's derivation of alpha, with at most ``max_skip`` skip connections when that is set."""
