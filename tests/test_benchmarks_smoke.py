@@ -265,3 +265,35 @@ def test_prepared_device_run_smoke_on_cpu(tmp_path):
     assert out["parts"]["b"]["genotype"].startswith("Genotype(") and out["parts"]["b"]["train"]["test_n"] == 1017
     assert "A. Data-free distillation" in (tmp_path / "gpu_protocol_smoke.md").read_text()
     assert (tmp_path / "gpu_protocol_smoke.png").stat().st_size > 0
+
+
+def test_spos_ranking_route_rule_and_smoke_run_resumes(tmp_path, monkeypatch):
+    """spos_ranking.py: the parameter-free-route test on cells whose answer is known by hand, then one smoke
+    variant end to end; a second invocation reuses the stored cell instead of training again."""
+    from dfnas.spaces.nb201 import NB201Space
+
+    sr = _load("spos_ranking")
+    route = NB201Space.parse("|skip_connect~0|+|none~0|avg_pool_3x3~1|+|none~0|none~1|skip_connect~2|")
+    assert sr.has_parameter_free_route(route)  # 0 -skip-> 1 -pool-> 2 -skip-> 3
+    broken = NB201Space.parse("|skip_connect~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|skip_connect~2|")
+    assert not sr.has_parameter_free_route(broken)  # node 2 is reached through a convolution only
+    direct = NB201Space.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|avg_pool_3x3~0|none~1|none~2|")
+    assert sr.has_parameter_free_route(direct)  # the input-to-output edge itself
+    smoke = sr.variant_budget(sr.BUDGETS["smoke"], sr.VARIANTS["data5k"], "smoke")
+    assert smoke.data == sr.BUDGETS["smoke"].data and smoke.spos_loop == sr.BUDGETS["smoke"].spos_loop
+    cpu = sr.variant_budget(sr.BUDGETS["cpu"], sr.VARIANTS["data5k"], "cpu")
+    assert cpu.data.n_images == 5000 and cpu.spos_loop["epochs"] == 48
+    args = ["--budget", "smoke", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--quiet",
+            "--variants", "c16", "--sources", "real"]
+    assert sr.main(args) == 0
+    summary = json.loads((tmp_path / "out" / "spos_ranking_smoke.json").read_text())
+    [cell] = summary["cells"]
+    assert (cell["variant"], cell["source"]) == ("c16", "real") and len(cell["scores"]) == len(summary["archs"])
+    assert set(summary["stats"]["c16"]["real"]) >= {"kendall_tau", "route_mean", "no_route_mean", "spread"}
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished variant was trained again")
+
+    monkeypatch.setattr(sr.rc, "spos_scores", no_training)
+    assert sr.main(args) == 0  # read back from the store, the same record
+    assert json.loads((tmp_path / "out" / "spos_ranking_smoke.json").read_text())["cells"] == [cell]
