@@ -21,8 +21,9 @@ against the cells without one (the parameter-free route that inherited weights f
 
     python benchmarks/spos_ranking.py --budget cpu [--variants paper,lr] [--sources real,full]
 
-(``--sources`` filters each variant's own sources: real and full synthesis at 1,000 images, real and the
-few-step generator at 5,000, the image counts whose datasets the other benchmarks cache.)
+(``--sources`` filters each variant's own sources: real and full synthesis at 1,000 images; real, full synthesis
+and the few-step generator at 5,000. The 5,000 full-synthesis images are made on first use, about 75 min on
+one core; the others are the datasets the other benchmarks cache.)
 
 Resumable: one JSON per (variant, source) under benchmarks/_work/<budget>/spos_ranking/cells/. Writes
 spos_ranking_<budget>.{json,md,png}.
@@ -64,10 +65,10 @@ VARIANTS: dict[str, Variant] = {
     "n5": Variant("the ground truth's depth (N=5)", space={"N": 5}),
     # 4,000 training images / 32 = 125 steps per epoch: 48 epochs are 6,000 steps
     "data5k": Variant("5,000 images, 6,000 steps", loop={"epochs": 48}, data="cpu_5k",
-                      sources=("real", "generator")),
+                      sources=("real", "full", "generator")),
     # 4x that again (192 epochs): the order of steps at which the literature's NAS-Bench-201 supernets rank well
     "data5k_long": Variant("5,000 images, 24,000 steps", loop={"epochs": 192}, data="cpu_5k",
-                           sources=("real", "generator")),
+                           sources=("real", "full", "generator")),
 }
 BUDGETS = {"smoke": rc.BUDGETS["smoke"], "cpu": rc.BUDGETS["cpu"]}
 
