@@ -21,11 +21,12 @@ against the cells without one (the parameter-free route that inherited weights f
 
     python benchmarks/spos_ranking.py --budget cpu [--variants paper,lr] [--sources real,full]
 
-(``--sources`` filters each variant's own sources: real and full synthesis at 1,000 images; real, full synthesis
-and the few-step generator at 5,000. The 5,000 full-synthesis images are made on first use, about 75 min on
-one core; the others are the datasets the other benchmarks cache.)
+(``--sources`` filters each variant's own sources: real and full synthesis at 1,000 images; real, full synthesis,
+the few-step generator and Gaussian noise with random labels (the unreal control) at 5,000. The 5,000
+full-synthesis images are made on first use, about 75 min on one core; the others are the datasets the other
+benchmarks cache. ``--seeds`` adds training seeds: split, initialization and batches; the same 30 cells.)
 
-Resumable: one JSON per (variant, source) under benchmarks/_work/<budget>/spos_ranking/cells/. Writes
+Resumable: one JSON per (variant, source, seed) under benchmarks/_work/<budget>/spos_ranking/cells/. Writes
 spos_ranking_<budget>.{json,md,png}.
 """
 
@@ -65,10 +66,10 @@ VARIANTS: dict[str, Variant] = {
     "n5": Variant("the ground truth's depth (N=5)", space={"N": 5}),
     # 4,000 training images / 32 = 125 steps per epoch: 48 epochs are 6,000 steps
     "data5k": Variant("5,000 images, 6,000 steps", loop={"epochs": 48}, data="cpu_5k",
-                      sources=("real", "full", "generator")),
+                      sources=("real", "full", "generator", "noise")),
     # 4x that again (192 epochs): the order of steps at which the literature's NAS-Bench-201 supernets rank well
     "data5k_long": Variant("5,000 images, 24,000 steps", loop={"epochs": 192}, data="cpu_5k",
-                           sources=("real", "full", "generator")),
+                           sources=("real", "full", "generator", "noise")),
 }
 BUDGETS = {"smoke": rc.BUDGETS["smoke"], "cpu": rc.BUDGETS["cpu"]}
 
@@ -108,8 +109,8 @@ def row(scores: list[float], held_out: list[float], gt: list[float], routes: lis
 
 def summarize(budget_name: str, archs: list[dict[str, Any]], results: dict[str, dict[str, Any]],
               routes: list[bool]) -> tuple[dict[str, Any], str]:
-    """Summary (``cells``: one stored record per variant and source, as ``adopt_published`` reads them back)
-    and its Markdown."""
+    """Summary and its Markdown. ``results[variant][run]``: the stored record of one run, ``run`` being
+    ``"<source>/seed<k>"``; the summary's ``cells`` are those records, as ``adopt_published`` reads them back."""
     gt = [c["nb201_cifar10"] for c in archs]
     stats = {v: {s: row([x["real_test"] for x in rec["scores"]], [x["held_out"] for x in rec["scores"]], gt, routes)
                  for s, rec in per.items()} for v, per in results.items()}
@@ -122,7 +123,8 @@ def summarize(budget_name: str, archs: list[dict[str, Any]], results: dict[str, 
     for v, per in stats.items():
         for s, st in per.items():
             rec = results[v][s]
-            rows.append([f"`{v}`: {VARIANTS[v].label}", common.SOURCES[s].label, rc.fmt(st["kendall_tau"]),
+            rows.append([f"`{v}`: {VARIANTS[v].label}", common.SOURCES[rec["source"]].label, rec["seed"],
+                         rc.fmt(st["kendall_tau"]), rc.fmt(st.get("kendall_p"), 3),
                          rc.fmt(st["top_half_tau"]), rc.fmt(st["mean"], 1), rc.fmt(st["spread"], 1),
                          f"{st['route_mean']:.1f} / {st['no_route_mean']:.1f}", rc.fmt(st["held_out_tau"]),
                          rec["supernet_steps"],
@@ -139,7 +141,8 @@ def summarize(budget_name: str, archs: list[dict[str, Any]], results: dict[str, 
              f"and of the {len(gt_no_route)} without one (ground truth "
              f"{sum(gt_route) / max(len(gt_route), 1):.2f} against "
              f"{sum(gt_no_route) / max(len(gt_no_route), 1):.2f} %).\n",
-             common.md_table(["variant", "source", "τ", "τ (top half)", "mean top-1 (%)", f"spread of the {len(archs)}",
+             common.md_table(["variant", "source", "seed", "τ", "p (τ = 0)", "τ (top half)", "mean top-1 (%)",
+                              f"spread of the {len(archs)}",
                               "route / no route", "τ held-out", "supernet steps", "wall"], rows),
              "'τ held-out': the same cells scored by agreement with the source's own labels on its held-out split "
              "(20 %; the teacher's argmax for synthetic data), which is what a SPOS search on that source ranks "
@@ -155,7 +158,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     labels, taus = [], []
     for v, per in summary["stats"].items():
         for s, st in per.items():
-            labels.append(f"{v}\n{s}")
+            labels.append(f"{v}\n{s}")  # s: "<source>/seed<k>"
             taus.append(st["kendall_tau"])
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(labels) + 1), 3.2))
     ax.bar(range(len(taus)), taus, color=["tab:green" if t >= 0.3 else "tab:gray" for t in taus])
@@ -172,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
     common.add_sources_arg(p)
     p.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
+    p.add_argument("--seeds", default="0", help="training seeds (split, initialization, batches), e.g. 0,1 or 0-2; "
+                   "the summary shows every seed finished")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]
     variants = common.parse_subset(args.variants, list(VARIANTS), "variants")
     chosen = common.parse_subset(args.sources, list(common.SOURCES), "sources")
+    seeds = common.parse_seeds(args.seeds)
     store = common.CellStore(work / NAME / "cells")
     runs = work / NAME / "runs"
     from dfnas.spaces.nb201_table import NB201Table
@@ -188,27 +194,30 @@ def main(argv: list[str] | None = None) -> int:
     routes = [has_parameter_free_route(a) for a in archs]
     # a fresh clone has the published summary but no cell store: adopt it, so a rebuild keeps its rows
     common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
-                           lambda c: (c["variant"], c["source"]))
+                           lambda c: (c["variant"], c["source"], f"seed{c['seed']}"))
     real_test = None
     results: dict[str, dict[str, Any]] = {}
+    stored = {int(f.stem[len("seed"):]) for f in store.root.glob("*/*/seed*.json")}
     for v in VARIANTS:
-        vb = variant_budget(budget, VARIANTS[v], args.budget)
-        h = rc.spos_hash(vb)
-        for s in VARIANTS[v].sources:
-            rec = store.get(v, s, cell_hash=h)
-            # the summary covers every finished (variant, source), whichever subset this invocation runs
-            if rec is None and v in variants and s in chosen and not args.summary_only:
-                real_test = real_test if real_test is not None else common.real_test_set()
-                ds, _ = common.prepare_source(s, vb.data, work, not args.quiet)
-                train, held = rc.split(ds, vb)
-                t0 = time.perf_counter()
-                rec = store.put({"variant": v, "source": s, **rc.spos_scores(archs, s, train, held, real_test, vb,
-                                                                             runs / v, not args.quiet)},
-                                v, s, cell_hash=h)
-                common.log(f"{v} [{s}]: supernet + {len(archs)} evaluations in "
-                           f"{common.fmt_duration(time.perf_counter() - t0)}")
-            if rec is not None:
-                results.setdefault(v, {})[s] = rec
+        for seed in sorted(set(seeds) | stored):
+            vb = replace(variant_budget(budget, VARIANTS[v], args.budget), seed=seed)
+            h = rc.spos_hash(vb)
+            for s in VARIANTS[v].sources:
+                rec = store.get(v, s, f"seed{seed}", cell_hash=h)
+                # the summary covers every finished run, whichever subset this invocation runs
+                if rec is None and v in variants and s in chosen and seed in seeds and not args.summary_only:
+                    real_test = real_test if real_test is not None else common.real_test_set()
+                    ds, _ = common.prepare_source(s, vb.data, work, not args.quiet)
+                    train, held = rc.split(ds, vb)
+                    t0 = time.perf_counter()
+                    scores = rc.spos_scores(archs, s, train, held, real_test, vb, runs / v / f"seed{seed}",
+                                            not args.quiet)
+                    rec = store.put({"variant": v, "source": s, "seed": seed, **scores}, v, s, f"seed{seed}",
+                                    cell_hash=h)
+                    common.log(f"{v} [{s}, seed {seed}]: supernet + {len(archs)} evaluations in "
+                               f"{common.fmt_duration(time.perf_counter() - t0)}")
+                if rec is not None:
+                    results.setdefault(v, {})[f"{s}/seed{seed}"] = rec
     if not results:
         common.log(f"{NAME} [{args.budget}]: nothing finished yet")
         return 0

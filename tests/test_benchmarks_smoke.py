@@ -288,12 +288,15 @@ def test_spos_ranking_route_rule_and_smoke_run_resumes(tmp_path, monkeypatch):
     assert sr.main(args) == 0
     summary = json.loads((tmp_path / "out" / "spos_ranking_smoke.json").read_text())
     [cell] = summary["cells"]
-    assert (cell["variant"], cell["source"]) == ("c16", "real") and len(cell["scores"]) == len(summary["archs"])
-    assert set(summary["stats"]["c16"]["real"]) >= {"kendall_tau", "route_mean", "no_route_mean", "spread"}
+    assert (cell["variant"], cell["source"], cell["seed"]) == ("c16", "real", 0)
+    assert len(cell["scores"]) == len(summary["archs"])
+    assert set(summary["stats"]["c16"]["real/seed0"]) >= {"kendall_tau", "route_mean", "no_route_mean", "spread"}
 
     def no_training(*a, **k):
         raise AssertionError("a finished variant was trained again")
 
+    assert sr.main([*args, "--seeds", "1"]) == 0  # another training seed: a second run beside the first
     monkeypatch.setattr(sr.rc, "spos_scores", no_training)
-    assert sr.main(args) == 0  # read back from the store, the same record
-    assert json.loads((tmp_path / "out" / "spos_ranking_smoke.json").read_text())["cells"] == [cell]
+    assert sr.main(args) == 0  # both read back from the store; the summary keeps the seed not asked for
+    cells = json.loads((tmp_path / "out" / "spos_ranking_smoke.json").read_text())["cells"]
+    assert [c["seed"] for c in cells] == [0, 1] and cells[0] == cell
