@@ -132,6 +132,13 @@ BUDGETS: dict[str, Budget] = {
         CPU_5K, search={**CPU_5K.search, "epochs": 30},
         note="cpu_5k_long: 5,000 images per source; NB201 supernet C=8 N=1; 30 epochs x batch 32 (2,340 weight "
              "steps)"),
+    # As cpu_5k with 100x the weight steps (300 epochs, 23,400 steps), for SPOS: at this order of steps its
+    # supernet's inherited weights start to rank the ranking benchmark's cells (spos_ranking.py, data5k_long:
+    # 24,000 steps on 4,000 images: tau 0.53 real, 0.37 / 0.40 generator); about 25 min per SPOS seed on one core
+    "cpu_5k_xlong": replace(
+        CPU_5K, search={**CPU_5K.search, "epochs": 300},
+        note="cpu_5k_xlong: 5,000 images per source; NB201 supernet C=8 N=1; 300 epochs x batch 32 (23,400 "
+             "weight steps)"),
 }
 
 
