@@ -67,7 +67,7 @@ VARIANTS: dict[str, Variant] = {
     # 4,000 training images / 32 = 125 steps per epoch: 48 epochs are 6,000 steps
     "data5k": Variant("5,000 images, 6,000 steps", loop={"epochs": 48}, data="cpu_5k",
                       sources=("real", "full", "generator", "noise")),
-    # 4x that again (192 epochs): the order of steps at which the literature's NAS-Bench-201 supernets rank well
+    # 4x that again (192 epochs), towards the hundreds of epochs the literature trains NAS-Bench-201 supernets for
     "data5k_long": Variant("5,000 images, 24,000 steps", loop={"epochs": 192}, data="cpu_5k",
                            sources=("real", "full", "generator", "noise")),
 }
