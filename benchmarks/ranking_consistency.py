@@ -280,11 +280,16 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def top_half(gt: list[float]) -> tuple[float, list[int]]:
+    """The sample's median ground truth and the indices of the cells at or above it (the 'top half' τ)."""
+    median = sorted(gt)[len(gt) // 2]
+    return median, [i for i, g in enumerate(gt) if g >= median]
+
+
 def summarize(budget_name: str, budget: Budget, cells: list[dict[str, Any]], per_source: dict[str, dict[str, Any]],
               sources: list[str], data_info: dict[str, Any]) -> tuple[dict[str, Any], str]:
     gt = [c["nb201_cifar10"] for c in cells]
-    median = sorted(gt)[len(gt) // 2]
-    top = [i for i, g in enumerate(gt) if g >= median]
+    median, top = top_half(gt)
     stats: dict[str, Any] = {}
     for s in sources:
         stats[s] = {}

@@ -46,7 +46,9 @@ import common  # noqa: E402
 import ranking_consistency as rc  # noqa: E402
 
 NAME = "spos_ranking"
-PARAMETER_FREE = ("skip_connect", "avg_pool_3x3")
+# ops that pass the signal on without parameters (proxyless_diagnosis counts "none" too: edges without
+# parameters; a route needs an edge that passes something)
+PASS_THROUGH = ("skip_connect", "avg_pool_3x3")
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def has_parameter_free_route(arch: Any) -> bool:
     """Whether node 3 (the cell's output) is reachable from node 0 through skip and pooling edges alone."""
     reach = {0}
     for j in (1, 2, 3):
-        if any(i in reach and arch[f"{j}<-{i}"] in PARAMETER_FREE for i in range(j)):
+        if any(i in reach and arch[f"{j}<-{i}"] in PASS_THROUGH for i in range(j)):
             reach.add(j)
     return 3 in reach
 
@@ -95,8 +97,7 @@ def has_parameter_free_route(arch: Any) -> bool:
 def row(scores: list[float], held_out: list[float], gt: list[float], routes: list[bool]) -> dict[str, Any]:
     """τ (all cells and top half), mean and spread of the real-test scores, the two route groups' means, and τ
     of the scores on the source's own held-out split (what a search on that source ranks its candidates by)."""
-    median = sorted(gt)[len(gt) // 2]
-    top = [i for i, g in enumerate(gt) if g >= median]
+    _, top = rc.top_half(gt)
     with_route = [s for s, r in zip(scores, routes, strict=True) if r]
     without = [s for s, r in zip(scores, routes, strict=True) if not r]
     return {**rc.correlations(gt, scores),
