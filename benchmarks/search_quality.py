@@ -57,6 +57,14 @@ METHODS: dict[str, Method] = {
     "proxyless": Method("ProxylessNAS", {"method": "proxyless"}),
     # ablation: architecture updates from the first step (the library default before the paper's warm-up)
     "proxyless_nowarm": Method("ProxylessNAS w/o warm-up", {"method": "proxyless", "proxyless": {"warmup_epochs": 0}}),
+    # the paper's warm-up (weight steps only, paths drawn uniformly) stretched over 280 of 300 epochs: a
+    # single-path supernet ranks cells only after ~20,000 steps (spos_ranking.py), and the architecture then
+    # settles in ~1,500 steps (20 epochs at 5,000 images); for the cpu_5k_xlong budget. The per-epoch held-out
+    # evaluation (a log of the derived path, which no decision uses) on one batch instead of 8: 300 of them on
+    # 2,048 images would cost a third of the search
+    "proxyless_longwarm": Method("ProxylessNAS, warm-up 280 of 300 epochs",
+                                 {"method": "proxyless", "proxyless": {"warmup_epochs": 280},
+                                  "eval_max_batches": 1}),
     "spos": Method("SPOS", {"method": "spos"}),
     # FairNAS's strict fairness: every weight step trains each op of every edge once (5 paths on the batch), so
     # each op gets all 210 updates instead of ~42; the compute per step is then that of the DARTS supernet
@@ -188,8 +196,11 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
         train = steps * bs * 2 * cal.supernet_step
         return train + epochs * n_eval * cal.supernet_step / 3
     if m == "proxyless":
-        # weight step on one path; the architecture step runs the two sampled paths of every decision
-        train = steps * bs * 3 * cal.path_step
+        # weight step on one path; the architecture step (after the warm-up) runs the two sampled paths of every
+        # decision
+        warm = epochs // 3 if cfg.proxyless.warmup_epochs is None else min(cfg.proxyless.warmup_epochs, epochs)
+        arch_steps = max(0, steps - warm * max(1, n_train // bs))
+        train = (steps + 2 * arch_steps) * bs * cal.path_step
         return train + epochs * n_eval * cal.path_eval
     o = cfg.spos
     n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)

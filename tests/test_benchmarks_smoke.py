@@ -300,3 +300,24 @@ def test_spos_ranking_route_rule_and_smoke_run_resumes(tmp_path, monkeypatch):
     assert sr.main(args) == 0  # both read back from the store; the summary keeps the seed not asked for
     cells = json.loads((tmp_path / "out" / "spos_ranking_smoke.json").read_text())["cells"]
     assert [c["seed"] for c in cells] == [0, 1] and cells[0] == cell
+
+
+def test_proxyless_long_warmup_variant_fits_its_budget_and_its_estimate():
+    """`proxyless_longwarm` leaves 20 of cpu_5k_xlong's 300 epochs to architecture steps, is refused where its
+    warm-up would take every epoch, and its estimate counts the pair's extra paths only after the warm-up."""
+    from dfnas.config import from_dict
+    from dfnas.errors import ConfigError
+    from dfnas.search import SearchConfig
+
+    sq, costs = _load("search_quality"), _load("costs")
+    xlong = sq.BUDGETS["cpu_5k_xlong"]
+    cfg = from_dict(SearchConfig, sq.search_config(xlong, "proxyless_longwarm", 0), "search")
+    cfg.check()
+    assert cfg.resolved_epochs() - cfg.proxyless.warmup_epochs == 20
+    with pytest.raises(ConfigError, match="no architecture step"):
+        from_dict(SearchConfig, sq.search_config(sq.BUDGETS["cpu"], "proxyless_longwarm", 0), "search").check()
+    # unit costs of 1 s: weight steps cost one path per image, architecture steps two more, evaluations one
+    cal = costs.Calibration(supernet_step=1.0, path_step=1.0, path_eval=0.0, teacher_step=1.0, teacher_eval=1.0)
+    steps, bs = 300 * 78, 32  # 2,500 training images / 32 = 78 steps per epoch
+    assert sq.cell_estimate(xlong, "proxyless_longwarm", cal) == (steps + 2 * 20 * 78) * bs
+    assert sq.cell_estimate(xlong, "proxyless", cal) == (steps + 2 * (steps - 100 * 78)) * bs  # a third warm

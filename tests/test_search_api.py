@@ -104,6 +104,8 @@ def test_online_teacher_is_used_and_recorded(tmp_path):
     (_cfg(epoch=3), "did you mean 'epochs'"),
     (_cfg(darts={"remedy": "magic"}), "remedy"),
     (_cfg(proxyless={"flops_loss": "mul"}), "target_macs"),
+    (_cfg(method="proxyless", epochs=2, proxyless={"warmup_epochs": 2}), "no architecture step"),
+    (_cfg(method="darts", epochs=2, darts={"warmup_epochs": 3}), "darts.warmup_epochs=3"),
     (_cfg(space={"name": "nb201", "options": {"depth": 3}}), "unknown option"),
 ])
 def test_bad_configuration_is_a_clear_error(tmp_path, cfg, match):
