@@ -198,8 +198,9 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
     if m == "proxyless":
         # weight step on one path; the architecture step (after the warm-up) runs the two sampled paths of every
         # decision
-        warm = epochs // 3 if cfg.proxyless.warmup_epochs is None else min(cfg.proxyless.warmup_epochs, epochs)
-        arch_steps = max(0, steps - warm * max(1, n_train // bs))
+        w = cfg.proxyless.warmup_epochs  # None: the first third of the steps (ProxylessMethod.wants_arch_step)
+        warm_steps = steps // 3 if w is None else min(w * max(1, n_train // bs), steps)
+        arch_steps = steps - warm_steps
         train = (steps + 2 * arch_steps) * bs * cal.path_step
         return train + epochs * n_eval * cal.path_eval
     o = cfg.spos
