@@ -185,10 +185,11 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
     n_train = n - n_held
     bs = min(cfg.batch_size, n_train)
     planned = cfg.loop().epochs  # the method's default when the budget leaves epochs unset
-    steps = planned * max(1, n_train // bs)
+    per_epoch = max(1, n_train // bs)  # weight steps per epoch (the loop drops the last partial batch)
+    steps = planned * per_epoch
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
-    epochs = min(planned, -(-steps // max(1, n_train // bs)))
+    epochs = min(planned, -(-steps // per_epoch))
     n_eval = n_held if cfg.eval_max_batches is None else min(n_held, cfg.eval_max_batches * 256)
     m = cfg.method
     if m == "darts":
@@ -199,7 +200,7 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
         # weight step on one path; the architecture step (after the warm-up) runs the two sampled paths of every
         # decision
         w = cfg.proxyless.warmup_epochs  # None: the first third of the steps (ProxylessMethod.wants_arch_step)
-        warm_steps = steps // 3 if w is None else min(w * max(1, n_train // bs), steps)
+        warm_steps = steps // 3 if w is None else min(w * per_epoch, steps)
         arch_steps = steps - warm_steps
         train = (steps + 2 * arch_steps) * bs * cal.path_step
         return train + epochs * n_eval * cal.path_eval

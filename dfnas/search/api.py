@@ -93,10 +93,10 @@ class SearchConfig:
         if self.prefilter.enabled and cls.training_free:
             raise ConfigError(f"prefilter applies to the methods that train a supernet; {self.method!r} is "
                               f"training-free (its zerocost options already choose the candidates)")
-        warmup = getattr(self.method_options(), "warmup_epochs", None)  # DARTS, ProxylessNAS
-        if warmup is not None and warmup >= self.resolved_epochs():
+        warmup, epochs = getattr(self.method_options(), "warmup_epochs", None), self.resolved_epochs()
+        if warmup is not None and warmup >= epochs:  # DARTS, ProxylessNAS
             raise ConfigError(f"{self.options_field()}.warmup_epochs={warmup} leaves no architecture step in the "
-                              f"search's {self.resolved_epochs()} epochs (the cell would be the argmax of the "
+                              f"search's {epochs} epochs (the cell would be the argmax of the "
                               f"random initialization): use fewer warm-up epochs or more epochs")
         self.loop().check()
 
