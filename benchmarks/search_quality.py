@@ -37,6 +37,9 @@ NAME = "search_quality"
 class Method:
     label: str
     config: dict[str, Any]  # SearchConfig fields over the budget's common ones
+    # SPOS only: the method whose cell (same budget, source and seed) trains the supernet this one reuses
+    # (`spos.supernet_from`): the cell runs only its own evolution on that cell's finished supernet
+    supernet_of: str | None = None
 
 
 _ZC = {"proxy": "naswot+synflow", "candidates": 100, "keep": 2}
@@ -75,6 +78,12 @@ METHODS: dict[str, Method] = {
     # edge keeps the 2 ops whose cells ranked best on average; the search runs on that 64-cell space. The
     # pre-filter alone (its best-scored cell) is recorded beside each search, to judge what the search adds
     "proxyless_zc": Method("ProxylessNAS, zero-cost pre-filter", {"method": "proxyless", "prefilter": _ZC}),
+    # an evolution on the `spos` cell's trained supernet (no retraining; for the cpu_5k_xlong budget, whose
+    # supernet ranks the cells but whose evolution picks among near-ties): BatchNorm recalibrated on 4x the
+    # batches and every held-out image (2,500 at that budget, not 1,024) scoring each candidate
+    "spos_big_eval": Method("SPOS, 16 BN batches, all held-out images (same supernet)",
+                            {"method": "spos", "spos": {"bn_batches": 16, "eval_batches": None}},
+                            supernet_of="spos"),
     "spos_zc": Method("SPOS, zero-cost pre-filter", {"method": "spos", "prefilter": _ZC}),
     "darts_beta_zc": Method("DARTS + β-decay, zero-cost pre-filter",
                             {"method": "darts", "darts": {"remedy": "beta"}, "prefilter": _ZC}),
@@ -166,8 +175,16 @@ def resolved_search_config(budget: Budget, method: str, seed: int) -> dict[str, 
 
 
 def cell_hash(budget: Budget, method: str, seed: int) -> str:
-    # hashed after resolution: a changed library default (not only a changed budget) makes the cell stale
-    return common.stable_hash({"data": budget.data.as_dict(), "search": resolved_search_config(budget, method, seed)})
+    # hashed after resolution: a changed library default (not only a changed budget) makes the cell stale; a cell
+    # on another cell's supernet is stale with it (its hash, not its run directory's path, enters)
+    donor = METHODS[method].supernet_of
+    return common.stable_hash({"data": budget.data.as_dict(), "search": resolved_search_config(budget, method, seed),
+                               **({"supernet_of": cell_hash(budget, donor, seed)} if donor else {})})
+
+
+def cell_run_dir(runs: Path, source: str, method: str, seed: int, budget: Budget) -> Path:
+    """The run directory of one cell."""
+    return runs / source / method / common.run_name(f"seed{seed}", cell_hash(budget, method, seed))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,7 +225,10 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
     n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)
     candidates = o.population * o.generations  # an upper bound: repeated candidates are not rescored
     paths = 5 if o.sampling == "fair" else 1  # NB201: five options per edge
-    return steps * bs * paths * cal.path_step + candidates * (o.bn_batches * bs + n_score) * cal.path_eval
+    evolution = candidates * (o.bn_batches * bs + n_score) * cal.path_eval
+    if METHODS[method].supernet_of is not None:  # the supernet is another cell's: counted there
+        return evolution
+    return steps * bs * paths * cal.path_step + evolution
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,8 +242,13 @@ def run_cell(ds: Any, source: str, method: str, seed: int, budget: Budget, runs:
 
     t0 = time.perf_counter()
     load0 = common.load_average()
-    out = runs / source / method / common.run_name(f"seed{seed}", cell_hash(budget, method, seed))
-    res = run_search(search_config(budget, method, seed), ds, out, device="cpu", progress=progress)
+    cfg = search_config(budget, method, seed)
+    if (donor := METHODS[method].supernet_of) is not None:
+        # the donor cell's search (returned at once when finished; else it runs here and its own cell adopts it)
+        donor_dir = run_search(search_config(budget, donor, seed), ds, cell_run_dir(runs, source, donor, seed, budget),
+                               device="cpu", progress=progress).out_dir
+        cfg["spos"] = {**cfg.get("spos", {}), "supernet_from": str(donor_dir)}
+    res = run_search(cfg, ds, cell_run_dir(runs, source, method, seed, budget), device="cpu", progress=progress)
     gt = table.lookup(res.arch)
     r = res.result
     return {

@@ -321,3 +321,24 @@ def test_proxyless_long_warmup_variant_fits_its_budget_and_its_estimate():
     steps, bs = 300 * 78, 32  # 2,500 training images / 32 = 78 steps per epoch
     assert sq.cell_estimate(xlong, "proxyless_longwarm", cal) == (steps + 2 * 20 * 78) * bs
     assert sq.cell_estimate(xlong, "proxyless", cal) == (steps + 2 * (steps - 100 * 78)) * bs  # a third warm
+
+
+def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monkeypatch):
+    """`spos_big_eval` reuses the `spos` cell's supernet: its hash follows that cell's configuration (a changed
+    supernet makes it stale), and its estimate is its evolution alone (the training is the other cell's)."""
+    sq, costs = _load("search_quality"), _load("costs")
+    for name, m in sq.METHODS.items():
+        if m.supernet_of is not None:  # reuse only from a SPOS cell that trains its own supernet
+            assert m.config["method"] == "spos" and sq.METHODS[m.supernet_of].supernet_of is None, name
+    xlong = sq.BUDGETS["cpu_5k_xlong"]
+    before = sq.cell_hash(xlong, "spos_big_eval", 0)
+    assert before != sq.cell_hash(xlong, "spos_big_eval", 1)
+    # the donor trained otherwise, its own options unchanged: the reusing cell is another cell
+    monkeypatch.setitem(sq.METHODS, "spos", sq.Method("SPOS", {"method": "spos", "spos": {"sampling": "fair"}}))
+    assert sq.cell_hash(xlong, "spos_big_eval", 0) != before
+    monkeypatch.undo()
+    assert "supernet_from" not in sq.search_config(xlong, "spos_big_eval", 0)["spos"]  # set per run directory
+    cal = costs.Calibration(supernet_step=1.0, path_step=1.0, path_eval=1.0, teacher_step=1.0, teacher_eval=1.0)
+    # 96 candidates at most, each: 16 BN batches of 32 + the 2,500 held-out images
+    assert sq.cell_estimate(xlong, "spos_big_eval", cal) == 16 * 6 * (16 * 32 + 2500)
+    assert sq.cell_estimate(xlong, "spos", cal) == 300 * 78 * 32 + 16 * 6 * (4 * 32 + 1024)

@@ -258,6 +258,8 @@ def run_search(cfg: SearchConfig | dict[str, Any], data: ImageSet | str | Path, 
     def loop(loop_dir: Path, h: str) -> Any:
         if method.training_free:  # zero-cost proxies: score candidates, no supernet (on_step does not apply)
             return method.search_without_training(setup, loop_dir, h, progress=progress)
+        if not (loop_dir / "checkpoint.pt").exists():
+            method.seed_run(loop_dir, h, setup.identity)
         return run_loop(method, setup.train, setup.held, cfg.loop(), setup.criterion(), loop_dir, setup.device, h,
                         cfg.seed, progress=progress and ctx.is_main, on_step=on_step,
                         desc=f"search[{cfg.method}/{space.name}" + (f" x{ctx.world_size}]" if ctx.enabled else "]"))

@@ -57,6 +57,10 @@ class SearchMethod:
         """The network the loop trains (a supernet for search methods)."""
         return self.space.build_supernet()
 
+    def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
+        """Called before the training loop on a run directory without a checkpoint: a method may write one for
+        the loop to resume from (SPOS: another run's trained supernet, ``spos.supernet_from``)."""
+
     def setup(self, ctx: LoopContext) -> None:
         """Called once the model is on the device, before training or loading a checkpoint."""
 

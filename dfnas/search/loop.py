@@ -268,7 +268,7 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
     ctx.save_checkpoint = save
     resumed = ckpt_path.exists()
     if resumed:
-        ck = _load_checkpoint(ckpt_path, config_hash)
+        ck = load_checkpoint(ckpt_path, config_hash)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -305,7 +305,8 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
     return LoopOutcome(arch, model, ctx.step, elapsed, resumed, st["last_eval"], dict(ctx.extra))
 
 
-def _load_checkpoint(path: Path, config_hash: str) -> dict[str, Any]:
+def load_checkpoint(path: Path, config_hash: str) -> dict[str, Any]:
+    """The loop checkpoint at ``path``, refused (``DfnasError``) when unreadable or of another configuration."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as e:

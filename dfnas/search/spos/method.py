@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from dfnas.search.base import SearchMethod, register_method
 from dfnas.search.bn import recalibrate_bn
 from dfnas.search.loop import LoopContext
 from dfnas.search.spos.evolution import Evolution, EvolutionConfig
+from dfnas.search.spos.reuse import seed_from_supernet
 from dfnas.spaces.base import Arch
 
 SAMPLINGS = ("uniform", "fair")
@@ -49,6 +51,9 @@ class SposConfig:
     # stored teacher logits, or cross-entropy on hard labels), which a few hundred images resolve much finer
     # than top-1 (top-1 on 250 images moves in steps of 0.4 points and has a standard error of ~3)
     score: str = field(default="accuracy", metadata=ADDED_LATER)
+    # a finished SPOS run directory whose trained supernet this search reuses: no weight training, only the
+    # evolution (reuse.py; refused unless that run trained under this search's supernet configuration)
+    supernet_from: str | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -76,6 +81,10 @@ class SposMethod(SearchMethod):
         super().__init__(*args, **kwargs)
         self.options.evolution()  # validate the evolution settings before any training
         self._evo_state: dict[str, Any] | None = None
+
+    def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
+        if self.options.supernet_from is not None:
+            seed_from_supernet(self.options.supernet_from, out_dir, config_hash, identity)
 
     def before_weight_step(self, ctx: LoopContext) -> None:
         if self.options.sampling == "uniform":
