@@ -60,7 +60,7 @@ def _all_worker(rank: int, world: int, out: str) -> None:
     _grad_worker(rank, world, out)
     _synth_worker(rank, world, str(Path(out) / "synthesis"))
     _command_worker(rank, world, str(Path(out) / "synthesis"))
-    for method in ("spos", "darts", "proxyless"):
+    for method in ("spos", "darts", "proxyless", "spos-fair"):
         _search_worker(rank, world, str(Path(out) / method), method)
 
 
@@ -175,10 +175,12 @@ def _search_worker(rank: int, world: int, out: str, method: str) -> None:
     from dfnas.config import from_dict
     from dfnas.search import SearchConfig, run_search
 
-    cfg = from_dict(SearchConfig, {"method": method, "space": {"name": "nb201", "options": {"C": 4, "N": 1}},
+    sampling = {"sampling": "fair"} if method == "spos-fair" else {}  # FairNAS: five paths per weight step
+    cfg = from_dict(SearchConfig, {"method": method.split("-")[0],
+                                   "space": {"name": "nb201", "options": {"C": 4, "N": 1}},
                                    "epochs": 2, "batch_size": 7, "held_out": 0.5, "eval_max_batches": 1,
                                    "spos": {"population": 4, "top_k": 2, "generations": 2, "bn_batches": 1,
-                                            "eval_batches": 1}})
+                                            "eval_batches": 1, **sampling}})
     res = run_search(cfg, _toy_data(), out, device="cpu", progress=False)  # the ranks: the running group
     # the found architecture is the same everywhere (run_search also checks this itself)
     archs = [None] * world
@@ -186,7 +188,7 @@ def _search_worker(rank: int, world: int, out: str, method: str) -> None:
     assert len(set(archs)) == 1
 
 
-@pytest.mark.parametrize("method", ["spos", "darts", "proxyless"])
+@pytest.mark.parametrize("method", ["spos", "darts", "proxyless", "spos-fair"])
 def test_ddp_search_keeps_every_rank_identical(dist_job, method):
     out = dist_job / method
     c0 = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -194,6 +196,17 @@ def test_ddp_search_keeps_every_rank_identical(dist_job, method):
     assert c0["phase"] == c1["phase"] == "done" and c0["step"] == c1["step"] > 0
     params = [k for k in c0["model"] if "running_" not in k and "num_batches" not in k]
     assert params and all(torch.equal(c0["model"][k], c1["model"][k]) for k in params)
+    if method == "spos-fair":  # every weight step trained every option: all conv weights left their init
+        from dfnas.repro import make_generator
+        from dfnas.search import build_method
+        from dfnas.search.weights_init import init_parameters
+        from dfnas.spaces import build_space
+
+        space = build_space("nb201", num_classes=10, input_size=32, C=4, N=1)
+        m = build_method("spos", space, {"sampling": "fair"}, make_generator(0, "m"), torch.device("cpu"))
+        init = init_parameters(m.build_model(), make_generator(0, "loop", "init")).state_dict()
+        convs = [k for k in params if k.endswith("weight") and c0["model"][k].dim() == 4]
+        assert convs and all(not torch.equal(c0["model"][k], init[k]) for k in convs)
     assert torch.equal(c0["method"]["generator"], c1["method"]["generator"])  # same paths were drawn
     if method in ("darts", "proxyless"):
         assert all(torch.equal(c0["method"]["alphas"][k], c1["method"]["alphas"][k]) for k in c0["method"]["alphas"])

@@ -86,7 +86,7 @@ class SplitBatchDDP(nn.Module):
         self.ctx = ctx
         # not a registered submodule: parameters and state dict are the supernet's, without a DDP prefix
         object.__setattr__(self, "_ddp", D.wrap_ddp(module, ctx, device, find_unused_parameters))
-        self._ddp_next = False
+        self._ddp_left = 0  # forwards still to run data-parallel in the current weight step
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -94,12 +94,13 @@ class SplitBatchDDP(nn.Module):
         except AttributeError:
             return getattr(self._modules["module"], name)
 
-    def ddp_next_forward(self) -> None:
-        """The next forward is a weight step: run it data-parallel."""
-        self._ddp_next = True
+    def ddp_next_forward(self, n: int = 1) -> None:
+        """The next ``n`` forwards are a weight step's (one per path it sums): run them data-parallel. DDP
+        averages each backward's accumulated gradient across ranks, so the sum over paths stays exact."""
+        self._ddp_left = n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ddp_step, self._ddp_next = self._ddp_next, False
+        ddp_step, self._ddp_left = self._ddp_left > 0, max(0, self._ddp_left - 1)
         if not (ddp_step and self.training and torch.is_grad_enabled()):
             return self.module(x)
         b, w = x.shape[0], self.ctx.world_size
@@ -135,6 +136,10 @@ class DistributedMethod(SearchMethod):
         """The inner method's supernet (wrapped later, in ``setup``)."""
         return self.inner.build_model()
 
+    def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
+        """The inner method's (every rank seeds its own directory with the same checkpoint)."""
+        self.inner.seed_run(out_dir, config_hash, identity)
+
     def setup(self, ctx: LoopContext) -> None:
         """Inner setup, then identical generators/alphas on every rank and the DDP wrapper as ``ctx.model``."""
         self.inner.setup(ctx)
@@ -160,6 +165,14 @@ class DistributedMethod(SearchMethod):
         self.inner.before_weight_step(ctx)
         assert self.wrapper is not None
         self.wrapper.ddp_next_forward()
+
+    def weight_paths(self, ctx: LoopContext) -> list[Arch] | None:
+        """The inner method's paths (FairNAS: one per option), each forward of them data-parallel."""
+        paths = self.inner.weight_paths(ctx)
+        if paths is not None:
+            assert self.wrapper is not None
+            self.wrapper.ddp_next_forward(len(paths))
+        return paths
 
     def prepare_eval(self, ctx: LoopContext) -> bool:
         """Rank 0's BatchNorm statistics everywhere, then the inner method's evaluation setup."""
