@@ -156,6 +156,13 @@ BUDGETS: dict[str, Budget] = {
         CPU_5K, search={**CPU_5K.search, "epochs": 300},
         note="cpu_5k_xlong: 5,000 images per source; NB201 supernet C=8 N=1; 300 epochs x batch 32 (23,400 "
              "weight steps)"),
+    # Twice that (600 epochs, 46,800 steps), for SPOS: from 2,340 to 23,400 steps its found cell rose by 1.3-4.5
+    # points per source and stopped 0.32 short of 93.0 on full synthesis; does the rise go on? About 50 min per
+    # seed on one core (a killed search resumes at its last epoch)
+    "cpu_5k_xxlong": replace(
+        CPU_5K, search={**CPU_5K.search, "epochs": 600},
+        note="cpu_5k_xxlong: 5,000 images per source; NB201 supernet C=8 N=1; 600 epochs x batch 32 (46,800 "
+             "weight steps)"),
 }
 
 
