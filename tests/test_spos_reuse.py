@@ -87,3 +87,15 @@ def test_reuse_is_refused_for_another_supernet_configuration_or_an_unfinished_ru
     torch.save(ck, tmp_path / "donor" / "checkpoint.pt")
     with pytest.raises(ConfigError, match="has not finished training its supernet"):
         run_search(_spos(reuse), ds, tmp_path / "r_unfinished", device="cpu", progress=False)
+
+
+def test_training_seconds_count_each_epoch_once_and_survive_a_cut_line(tmp_path):
+    from dfnas.search.spos.reuse import training_seconds
+
+    log = tmp_path / "log.jsonl"
+    assert training_seconds(log) is None
+    lines = [{"kind": "epoch", "epoch": 0, "epoch_seconds": 2.0}, {"kind": "step", "step": 3},
+             {"kind": "epoch", "epoch": 0, "epoch_seconds": 3.0},  # epoch 0 again after a resume: its last record
+             {"kind": "epoch", "epoch": 1, "epoch_seconds": 4.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "ep')  # killed mid-line
+    assert training_seconds(log) == 7.0

@@ -41,8 +41,11 @@ def training_seconds(log_path: Path) -> float | None:
     per_epoch: dict[int, float] = {}
     with log_path.open() as f:
         for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "epoch" and "epoch_seconds" in rec:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by a kill: the time is a record, not worth failing over
+                continue
+            if isinstance(rec, dict) and rec.get("kind") == "epoch" and "epoch_seconds" in rec:
                 per_epoch[int(rec["epoch"])] = float(rec["epoch_seconds"])
     return sum(per_epoch.values()) if per_epoch else None
 
