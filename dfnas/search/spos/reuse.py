@@ -2,7 +2,7 @@
 
 SPOS decouples the two stages: the supernet's weights do not depend on the evolution (population,
 generations, MACs constraint, how candidates are scored), so one trained supernet serves any number of
-evolutions (Guo et al., ECCV 2020: "train once, search many constraints"). A search with
+evolutions, e.g. one per deployment budget (the point of SPOS's design, Guo et al., ECCV 2020). A search with
 ``spos.supernet_from: <run directory>`` skips the weight training: its run directory starts with that run's
 checkpoint at the end of training and goes straight to its own evolution.
 
