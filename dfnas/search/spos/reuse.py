@@ -21,7 +21,7 @@ from typing import Any
 
 from dfnas.config import describe_differences
 from dfnas.errors import ConfigError, DfnasError
-from dfnas.io import atomic_torch_save
+from dfnas.io import atomic_torch_save, read_jsonl
 from dfnas.search.loop import load_checkpoint
 
 # the SPOS options that change how the supernet trains; every other SPOS option only acts in the evolution
@@ -35,18 +35,12 @@ def supernet_identity(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def training_seconds(log_path: Path) -> float | None:
-    """Seconds the run spent in its training epochs (the last record of each epoch, so resumes count once)."""
+    """Seconds the run spent in its training epochs (the last record of each epoch, so resumes count once; a line
+    cut short by a kill is skipped by ``read_jsonl``)."""
     if not log_path.is_file():
         return None
-    per_epoch: dict[int, float] = {}
-    with log_path.open() as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut short by a kill: the time is a record, not worth failing over
-                continue
-            if isinstance(rec, dict) and rec.get("kind") == "epoch" and "epoch_seconds" in rec:
-                per_epoch[int(rec["epoch"])] = float(rec["epoch_seconds"])
+    per_epoch = {int(rec["epoch"]): float(rec["epoch_seconds"]) for rec in read_jsonl(log_path)
+                 if isinstance(rec, dict) and rec.get("kind") == "epoch" and "epoch_seconds" in rec}
     return sum(per_epoch.values()) if per_epoch else None
 
 
