@@ -342,3 +342,5 @@ def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monke
     # 96 candidates at most, each: 16 BN batches of 32 + the 2,500 held-out images
     assert sq.cell_estimate(xlong, "spos_big_eval", cal) == 16 * 6 * (16 * 32 + 2500)
     assert sq.cell_estimate(xlong, "spos", cal) == 300 * 78 * 32 + 16 * 6 * (4 * 32 + 1024)
+    # re-ranking adds, per fine-tuned leader, 300 weight steps of 32 images and every held-out image
+    assert sq.cell_estimate(xlong, "spos_rerank", cal) == 16 * 6 * (4 * 32 + 1024) + 8 * (300 * 32 + 2500)

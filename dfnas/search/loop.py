@@ -233,13 +233,9 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
     # constructors draw initial weights from the global RNG: redraw them from the run's seed
     model = init_parameters(method.build_model(), make_generator(seed, "loop", "init")).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, len(train))
     spe = _steps_per_epoch(len(train), bs)
-    # cosine from lr to lr_min over the planned steps, updated every step
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * spe),
-                                                           eta_min=cfg.lr_min)
+    optimizer, scheduler = make_optimizer(params, cfg, cfg.epochs * spe)
     data_gen = make_generator(seed, "loop", "train-batches")
     held_iter = (InfiniteBatches(held_out, cfg, make_generator(seed, "loop", "held-out-batches"), device)
                  if held_out is not None else None)
@@ -305,6 +301,53 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
     return LoopOutcome(arch, model, ctx.step, elapsed, resumed, st["last_eval"], dict(ctx.extra))
 
 
+def make_optimizer(params: list[torch.Tensor], cfg: LoopConfig, total_steps: int, lr: float | None = None,
+                   lr_min: float | None = None
+                   ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """The loop's SGD (momentum, optional Nesterov, weight decay) and its schedule: cosine from ``lr`` to
+    ``lr_min`` (default: the config's) over ``total_steps``, stepped once per weight step."""
+    optimizer = torch.optim.SGD(params, lr=cfg.lr if lr is None else lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps),
+                                                           eta_min=cfg.lr_min if lr_min is None else lr_min)
+    return optimizer, scheduler
+
+
+def _sgd_step(opt: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+              params: list[torch.Tensor], grad_clip: float) -> None:
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    scheduler.step()
+
+
+def finetune(model: nn.Module, train: ImageSet, cfg: LoopConfig, criterion: Criterion, device: torch.device,
+             generator: torch.Generator, steps: int, lr: float) -> float:
+    """``steps`` weight steps of the loop's kind (augmentation, SGD, clipping; cosine from ``lr`` to 0) on the
+    model as it is configured now, e.g. one path of a supernet, whose weights it starts from. Parameters
+    outside that path get no gradient and stay as they are. Returns the mean training loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, scheduler = make_optimizer(params, cfg, steps, lr=lr, lr_min=0.0)
+    bs = min(cfg.batch_size, len(train))
+    model.train()
+    done, total = 0, 0.0
+    while done < steps:  # as many passes over ``train`` as the steps need
+        for x, y in iterate_batches(train, bs, generator, cfg.augment, cfg.pad, drop_last=True, device=device,
+                                    mix=cfg.mix if cfg.augment else "none"):
+            opt.zero_grad(set_to_none=True)
+            loss = criterion(model(x), x, y)  # x: (B, C, S, S)
+            if not torch.isfinite(loss.detach()):
+                raise DfnasError(f"fine-tuning loss became {float(loss.detach())} at step {done}; lower its "
+                                 "learning rate")
+            loss.backward()
+            _sgd_step(opt, scheduler, params, cfg.grad_clip)
+            total += float(loss.detach())
+            done += 1
+            if done >= steps:
+                break
+    return total / max(done, 1)
+
+
 def load_checkpoint(path: Path, config_hash: str) -> dict[str, Any]:
     """The loop checkpoint at ``path``, refused (``DfnasError``) when unreadable or of another configuration."""
     try:
@@ -345,10 +388,7 @@ def _train_epochs(ctx: LoopContext, st: dict[str, Any], data_gen: torch.Generato
             model.train()
             opt.zero_grad(set_to_none=True)
             logits, lv = _forward_backward(ctx, x, y)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            ctx.scheduler.step()
+            _sgd_step(opt, ctx.scheduler, params, cfg.grad_clip)
             ctx.step += 1
             st["batch_in_epoch"] += 1
             correct = int((logits.detach().argmax(1) == ctx.criterion.classes(y)).sum())

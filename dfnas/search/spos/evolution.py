@@ -120,10 +120,13 @@ class Evolution:
                              f"{self.cfg.max_tries} random draws; raise max_macs")
         return pop
 
-    def top(self) -> list[tuple[Arch, float]]:
+    def ranked(self) -> list[tuple[Arch, float]]:
+        """Every scored candidate with its score, best first (one per function)."""
         # ties broken by the architecture string, so the ranking does not depend on insertion order
-        ranked = sorted(self.scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
-        return ranked[:self.cfg.top_k]
+        return sorted(self.scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+    def top(self) -> list[tuple[Arch, float]]:
+        return self.ranked()[:self.cfg.top_k]
 
     def next_population(self) -> list[Arch]:
         parents = [a for a, _ in self.top()]

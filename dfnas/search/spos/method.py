@@ -6,7 +6,8 @@ architecture parameters, no architecture steps. After training, ``finalize`` run
 evolutionary search of ``evolution.py``, scoring each candidate on (a part of) the held-out split by top-1
 accuracy against the dataset's hard labels or the argmax of the stored teacher logits (``score: accuracy``,
 the paper), or by minus the search loss (``score: loss``), after
-recalibrating BatchNorm statistics for that path on a fixed set of training batches.
+recalibrating BatchNorm statistics for that path on a fixed set of training batches. Optionally
+(``rerank_top``) the evolution's best few are fine-tuned alone and re-scored (``rerank.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dfnas.search.base import SearchMethod, register_method
 from dfnas.search.bn import recalibrate_bn
 from dfnas.search.loop import LoopContext
 from dfnas.search.spos.evolution import Evolution, EvolutionConfig
+from dfnas.search.spos.rerank import rerank
 from dfnas.search.spos.reuse import seed_from_supernet
 from dfnas.spaces.base import Arch
 
@@ -54,12 +56,23 @@ class SposConfig:
     # a finished SPOS run directory whose trained supernet this search reuses: no weight training, only the
     # evolution (reuse.py; refused unless that run trained under this search's supernet configuration)
     supernet_from: str | None = field(default=None, metadata=ADDED_LATER)
+    # re-ranking (rerank.py): the evolution's best rerank_top candidates (0: off) each fine-tuned alone from
+    # their inherited weights for rerank_steps steps (cosine from rerank_lr to 0), then scored on every
+    # held-out image by rerank_score; the best is the result
+    rerank_top: int = field(default=0, metadata=ADDED_LATER)
+    rerank_steps: int = field(default=300, metadata=ADDED_LATER)
+    rerank_lr: float = field(default=0.005, metadata=ADDED_LATER)
+    rerank_score: str = field(default="loss", metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"spos.sampling {self.sampling!r} is not one of {list(SAMPLINGS)}")
-        if self.score not in SCORES:
-            raise ConfigError(f"spos.score {self.score!r} is not one of {list(SCORES)}")
+        for key in ("score", "rerank_score"):
+            if getattr(self, key) not in SCORES:
+                raise ConfigError(f"spos.{key} {getattr(self, key)!r} is not one of {list(SCORES)}")
+        if self.rerank_top < 0 or self.rerank_steps < 1 or self.rerank_lr <= 0:
+            raise ConfigError(f"spos.rerank_top must be >= 0, rerank_steps >= 1 and rerank_lr > 0; got "
+                              f"{self.rerank_top}, {self.rerank_steps}, {self.rerank_lr}")
         if self.bn_batches < 1:
             raise ConfigError(f"spos.bn_batches must be >= 1, got {self.bn_batches}")
         if self.eval_batches is not None and self.eval_batches < 1:
@@ -81,6 +94,7 @@ class SposMethod(SearchMethod):
         super().__init__(*args, **kwargs)
         self.options.evolution()  # validate the evolution settings before any training
         self._evo_state: dict[str, Any] | None = None
+        self._reranked: list[dict[str, Any]] = []  # re-ranked candidates so far (rerank.py)
 
     def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
         if self.options.supernet_from is not None:
@@ -152,11 +166,16 @@ class SposMethod(SearchMethod):
         best = evo.run(score, on_generation)
         ctx.extra["spos"] = {"best_score": evo.scores[best], "evaluated": len(evo.scores),
                              "evolution": to_dict(o.evolution())}
+        if o.rerank_top > 0:
+            best = rerank(ctx, evo.ranked()[:o.rerank_top], o.rerank_steps, o.rerank_lr, o.rerank_score,
+                          self._reranked, ctx.save_checkpoint)
+            ctx.extra["spos"]["rerank"] = list(self._reranked)
         return best
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "evolution": self._evo_state}
+        return {**super().state_dict(), "evolution": self._evo_state, "rerank": list(self._reranked)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._evo_state = state.get("evolution")
+        self._reranked = list(state.get("rerank") or [])
