@@ -323,10 +323,12 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
                                   "acc_mean": mu, "acc_std": sd, "percentile_mean": pmu, "search_time_mean_s": tmu,
                                   "archs": [c["arch"] for c in cs]}
     comparisons = paired_comparisons(cells, sources, methods)
+    same_supernet = same_supernet_comparisons(cells, sources, methods)
     summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(), "reference": ref,
                "sources": {s: {"label": SOURCES[s].label, **data_info.get(s, {})} for s in sources},
                "methods": {m: {"label": METHODS[m].label, "config": METHODS[m].config} for m in methods},
-               "groups": groups, "comparisons": comparisons, "cells": cells, "environment": common.environment()}
+               "groups": groups, "comparisons": comparisons,
+               "same_supernet_comparisons": same_supernet, "cells": cells, "environment": common.environment()}
 
     lines = [f"# Search quality by data source ({budget_name} budget)\n",
              f"{budget.note}. Teacher: ResNet-20 (CIFAR-10). Space: NAS-Bench-201 (searched with "
@@ -359,6 +361,17 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
                          {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])])
         lines.append(common.md_table(["method", "comparison", "seeds", "mean difference", "95 % CI", "p (t)",
                                       "p (sign-flip)", "verdict"], crow))
+    if same_supernet:
+        lines.append("\n## Paired comparisons on the same supernets\n")
+        lines.append("A method that searches another cell's trained supernet (same source and seed) against that "
+                     "cell: difference = first method minus second, per seed; statistics as above.\n")
+        lines.append(common.md_table(
+            ["source", "comparison", "seeds", "mean difference", "95 % CI", "p (t)", "p (sign-flip)", "verdict"],
+            [[SOURCES[c["source"]].label, f"{METHODS[c['method']].label} − {METHODS[c['donor']].label}", c["n"],
+              f"{c['mean_diff']:+.2f}", f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]", f"{c['p_t']:.3f}",
+              f"{c['p_perm']:.3f}",
+              {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])]
+             for c in same_supernet]))
     pre: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (source, method) -> its pre-filtered cells by seed
     for c in sorted(cells, key=lambda c: c["seed"]):
         if "prefilter" in c:
@@ -429,6 +442,24 @@ def paired_comparisons(cells: list[dict[str, Any]], sources: list[str], methods:
             res = common.paired_difference(acc[a], acc[b])
             if res is not None:
                 out.append({"method": m, "a": a, "b": b, **res})
+    return out
+
+
+def same_supernet_comparisons(cells: list[dict[str, Any]], sources: list[str], methods: list[str]
+                              ) -> list[dict[str, Any]]:
+    """``common.paired_difference`` of each method that reuses another cell's supernet against that cell, per
+    source (at least 2 shared seeds): the two searches differ only after the supernet's training."""
+    out = []
+    for m in methods:
+        donor = METHODS[m].supernet_of
+        if donor is None or donor not in methods:
+            continue
+        for s in sources:
+            acc = {k: {c["seed"]: c["nb201_cifar10"] for c in cells if c["source"] == s and c["method"] == k}
+                   for k in (m, donor)}
+            res = common.paired_difference(acc[m], acc[donor])
+            if res is not None:
+                out.append({"method": m, "donor": donor, "source": s, **res})
     return out
 
 

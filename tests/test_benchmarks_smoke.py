@@ -344,3 +344,17 @@ def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monke
     assert sq.cell_estimate(xlong, "spos", cal) == 300 * 78 * 32 + 16 * 6 * (4 * 32 + 1024)
     # re-ranking adds, per fine-tuned leader, 300 weight steps of 32 images and every held-out image
     assert sq.cell_estimate(xlong, "spos_rerank", cal) == 16 * 6 * (4 * 32 + 1024) + 8 * (300 * 32 + 2500)
+
+
+def test_same_supernet_comparison_pairs_a_reusing_method_with_its_donor_per_source():
+    """`spos_rerank` against `spos` on the same seeds of each source (a - b per seed); sources or seeds the two do
+    not share are left out, and a method without a donor is not compared."""
+    sq = _load("search_quality")
+    acc = {("full", "spos"): [92.0, 93.0, 91.0], ("full", "spos_rerank"): [93.0, 93.5, 92.0],
+           ("real", "spos"): [90.0], ("real", "spos_rerank"): [89.0]}
+    cells = [{"source": s, "method": m, "seed": i, "nb201_cifar10": a}
+             for (s, m), accs in acc.items() for i, a in enumerate(accs)]
+    out = sq.same_supernet_comparisons(cells, ["full", "real"], ["spos", "spos_rerank", "darts_beta"])
+    assert [(c["method"], c["donor"], c["source"], c["n"]) for c in out] == [("spos_rerank", "spos", "full", 3)]
+    assert out[0]["mean_diff"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
+    assert sq.same_supernet_comparisons(cells, ["full"], ["spos_rerank"]) == []  # donor not in the report
