@@ -299,6 +299,16 @@ def prefilter_record(pf: dict[str, Any], table: Any) -> dict[str, Any]:
 # summary
 # ----------------------------------------------------------------------------------------------------------
 
+STATS_HEADERS = ["seeds", "mean difference", "95 % CI", "p (t)", "p (sign-flip)", "verdict"]
+
+
+def _stats(c: dict[str, Any]) -> list[Any]:
+    """The STATS_HEADERS columns of one paired comparison."""
+    verdict = {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])
+    return [c["n"], f"{c['mean_diff']:+.2f}", f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]", f"{c['p_t']:.3f}",
+            f"{c['p_perm']:.3f}", verdict]
+
+
 def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, table: Any, sources: list[str],
               methods: list[str], data_info: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Aggregate cells into the summary dict and its Markdown report."""
@@ -353,24 +363,16 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
         lines.append("Difference = first source minus second, per seed; 95 % confidence interval of the mean "
                      "difference (Student t), paired t-test p, and the exact sign-flip permutation p (with n seeds "
                      "it cannot go below 2/2^n: 0.0625 at n = 5). *within noise* = the interval contains 0.\n")
-        crow = []
-        for c in comparisons:
-            crow.append([METHODS[c["method"]].label, f"{SOURCES[c['a']].label} − {SOURCES[c['b']].label}",
-                         c["n"], f"{c['mean_diff']:+.2f}", f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]",
-                         f"{c['p_t']:.3f}", f"{c['p_perm']:.3f}",
-                         {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])])
-        lines.append(common.md_table(["method", "comparison", "seeds", "mean difference", "95 % CI", "p (t)",
-                                      "p (sign-flip)", "verdict"], crow))
+        crow = [[METHODS[c["method"]].label, f"{SOURCES[c['a']].label} − {SOURCES[c['b']].label}", *_stats(c)]
+                for c in comparisons]
+        lines.append(common.md_table(["method", "comparison", *STATS_HEADERS], crow))
     if same_supernet:
         lines.append("\n## Paired comparisons on the same supernets\n")
         lines.append("A method that searches another cell's trained supernet (same source and seed) against that "
                      "cell: difference = first method minus second, per seed; statistics as above.\n")
         lines.append(common.md_table(
-            ["source", "comparison", "seeds", "mean difference", "95 % CI", "p (t)", "p (sign-flip)", "verdict"],
-            [[SOURCES[c["source"]].label, f"{METHODS[c['method']].label} − {METHODS[c['donor']].label}", c["n"],
-              f"{c['mean_diff']:+.2f}", f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]", f"{c['p_t']:.3f}",
-              f"{c['p_perm']:.3f}",
-              {"a better": "first better", "b better": "second better"}.get(c["verdict"], c["verdict"])]
+            ["source", "comparison", *STATS_HEADERS],
+            [[SOURCES[c["source"]].label, f"{METHODS[c['method']].label} − {METHODS[c['donor']].label}", *_stats(c)]
              for c in same_supernet]))
     pre: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (source, method) -> its pre-filtered cells by seed
     for c in sorted(cells, key=lambda c: c["seed"]):
@@ -430,6 +432,11 @@ COMPARISONS = (("full", "real"), ("full", "noise"), ("full", "real_random"), ("f
                ("full", "no_regional"), ("full", "plain"), ("generator", "full"), ("calibrated", "full"))
 
 
+def seed_accuracies(cells: list[dict[str, Any]], source: str, method: str) -> dict[int, float]:
+    """Seed -> NB201 accuracy of the found cell, for one source and method."""
+    return {c["seed"]: c["nb201_cifar10"] for c in cells if c["source"] == source and c["method"] == method}
+
+
 def paired_comparisons(cells: list[dict[str, Any]], sources: list[str], methods: list[str]) -> list[dict[str, Any]]:
     """``common.paired_difference`` for every (method, COMPARISONS pair) with at least 2 shared seeds."""
     out = []
@@ -437,9 +444,7 @@ def paired_comparisons(cells: list[dict[str, Any]], sources: list[str], methods:
         for a, b in COMPARISONS:
             if a not in sources or b not in sources:
                 continue
-            acc = {s: {c["seed"]: c["nb201_cifar10"] for c in cells if c["source"] == s and c["method"] == m}
-                   for s in (a, b)}
-            res = common.paired_difference(acc[a], acc[b])
+            res = common.paired_difference(seed_accuracies(cells, a, m), seed_accuracies(cells, b, m))
             if res is not None:
                 out.append({"method": m, "a": a, "b": b, **res})
     return out
@@ -455,9 +460,7 @@ def same_supernet_comparisons(cells: list[dict[str, Any]], sources: list[str], m
         if donor is None or donor not in methods:
             continue
         for s in sources:
-            acc = {k: {c["seed"]: c["nb201_cifar10"] for c in cells if c["source"] == s and c["method"] == k}
-                   for k in (m, donor)}
-            res = common.paired_difference(acc[m], acc[donor])
+            res = common.paired_difference(seed_accuracies(cells, s, m), seed_accuracies(cells, s, donor))
             if res is not None:
                 out.append({"method": m, "donor": donor, "source": s, **res})
     return out
