@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_search_resume import _assert_same, _cfg, tiny_set
 
-from dfnas.errors import ConfigError
+from dfnas.errors import ConfigError, DfnasError
 from dfnas.search import LoopInterrupted, run_search
 from dfnas.search.api import make_space
 from dfnas.search.loop import LoopConfig, evaluate_loss_acc, finetune
@@ -54,22 +54,28 @@ def test_rerank_picks_the_best_fine_tuned_leader_and_keeps_the_supernet(tmp_path
     assert plain.result["spos"]["best_score"] == rer.result["spos"]["best_score"]
 
 
-def test_kill_during_rerank_resumes_at_the_next_candidate(tmp_path, monkeypatch):
-    ds = tiny_set()
-    ref = run_search(_spos(RERANK), ds, tmp_path / "ref", device="cpu", progress=False)
+def _kill_during_rerank(ds, out, monkeypatch):
+    """Run a re-ranking search into ``out`` and kill it while fine-tuning its second candidate (the first is
+    scored and checkpointed)."""
     real = rerank_mod.finetune
     calls = {"n": 0}
 
     def flaky(*args, **kw):
         calls["n"] += 1
-        if calls["n"] == 2:  # the first candidate is scored and checkpointed; die on the second
+        if calls["n"] == 2:
             raise LoopInterrupted("killed during re-ranking")
         return real(*args, **kw)
 
     monkeypatch.setattr(rerank_mod, "finetune", flaky)
     with pytest.raises(LoopInterrupted):
-        run_search(_spos(RERANK), ds, tmp_path / "run", device="cpu", progress=False)
+        run_search(_spos(RERANK), ds, out, device="cpu", progress=False)
     monkeypatch.setattr(rerank_mod, "finetune", real)
+
+
+def test_kill_during_rerank_resumes_at_the_next_candidate(tmp_path, monkeypatch):
+    ds = tiny_set()
+    ref = run_search(_spos(RERANK), ds, tmp_path / "ref", device="cpu", progress=False)
+    _kill_during_rerank(ds, tmp_path / "run", monkeypatch)
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ck["phase"] == "finalize" and len(ck["method"]["rerank"]) == 1
     res = run_search(_spos(RERANK), ds, tmp_path / "run", device="cpu", progress=False)
@@ -77,6 +83,18 @@ def test_kill_during_rerank_resumes_at_the_next_candidate(tmp_path, monkeypatch)
     _assert_same(res.result["spos"], ref.result["spos"], "spos")  # the same records, to the bit
     _assert_same(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"],
                  torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=True)["model"], "model")
+
+
+def test_a_checkpoint_whose_reranked_candidates_are_not_the_leaders_is_refused(tmp_path, monkeypatch):
+    ds = tiny_set()
+    _kill_during_rerank(ds, tmp_path / "run", monkeypatch)
+    path = tmp_path / "run" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    ck["method"]["rerank"][0]["arch"] = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|" \
+                                        "skip_connect~1|skip_connect~2|"
+    torch.save(ck, path)
+    with pytest.raises(DfnasError, match="re-ranked candidates are not this evolution's best"):
+        run_search(_spos(RERANK), ds, tmp_path / "run", device="cpu", progress=False)
 
 
 def test_finetune_trains_only_the_chosen_path_and_lowers_the_loss():
