@@ -97,6 +97,21 @@ def test_a_checkpoint_whose_reranked_candidates_are_not_the_leaders_is_refused(t
         run_search(_spos(RERANK), ds, tmp_path / "run", device="cpu", progress=False)
 
 
+def test_a_search_on_a_reranked_runs_supernet_reranks_afresh(tmp_path):
+    """`spos.supernet_from` a run that re-ranked: only the weights carry over, not that run's re-ranked records
+    (made with other settings), so the result equals reusing a plain run's identical supernet."""
+    ds = tiny_set()
+    run_search(_spos(SPOS), ds, tmp_path / "plain", device="cpu", progress=False)
+    run_search(_spos(RERANK), ds, tmp_path / "reranked", device="cpu", progress=False)
+    other = {**RERANK, "rerank_steps": 6}
+    a = run_search(_spos({**other, "supernet_from": str(tmp_path / "plain")}), ds, tmp_path / "a", device="cpu",
+                   progress=False)
+    b = run_search(_spos({**other, "supernet_from": str(tmp_path / "reranked")}), ds, tmp_path / "b", device="cpu",
+                   progress=False)
+    assert a.arch == b.arch
+    _assert_same(b.result["spos"]["rerank"], a.result["spos"]["rerank"], "rerank")
+
+
 def test_finetune_trains_only_the_chosen_path_and_lowers_the_loss():
     ds = tiny_set()
     space = make_space({"name": "nb201", "options": {"C": 2}}, ds)

@@ -78,6 +78,7 @@ def seed_from_supernet(donor: str | Path, out_dir: Path, config_hash: str, ident
               "training_seconds": seconds}
     atomic_torch_save(out_dir / "checkpoint.pt", {
         **ck, "config_hash": config_hash, "phase": "finalize", "arch": None, "last_eval": {},
-        "method": {**ck["method"], "evolution": None},  # the donor's evolution state is not this search's
+        # the donor's evolution and re-ranking are not this search's: only its weights carry over
+        "method": {**ck["method"], "evolution": None, "rerank": []},
         "elapsed_s": seconds if seconds is not None else 0.0, "extra": {"supernet_from": origin},
     })
