@@ -35,13 +35,13 @@ def rerank(ctx: LoopContext, candidates: list[tuple[Arch, float]], steps: int, l
     if len(done) > len(candidates) or any(r["arch"] != str(a) for r, (a, _) in zip(done, candidates, strict=False)):
         raise DfnasError("the checkpoint's re-ranked candidates are not this evolution's best; delete the run "
                          "directory to start over")
+    assert ctx.held_out is not None  # SPOS needs a held-out split (checked before training)
     model = ctx.model
     supernet = copy.deepcopy(model.state_dict())
     for arch, evo_score in candidates[len(done):]:
         model.set_path(arch)
         train_loss = finetune(model, ctx.train, ctx.cfg, ctx.criterion, ctx.device,
                               make_generator(ctx.seed, "spos", "rerank"), steps, lr)
-        assert ctx.held_out is not None
         ev = evaluate_loss_acc(model, ctx.held_out, ctx.criterion, ctx.device, ctx.cfg.eval_batch_size, None)
         model.load_state_dict(supernet)
         done.append({"arch": str(arch), "evolution_score": evo_score, "train_loss": train_loss,
