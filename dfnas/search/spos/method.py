@@ -98,7 +98,7 @@ class SposMethod(SearchMethod):
 
     def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
         if self.options.supernet_from is not None:
-            seed_from_supernet(self.options.supernet_from, out_dir, config_hash, identity)
+            seed_from_supernet(self.options.supernet_from, out_dir, config_hash, identity, self._finalize_state())
 
     def before_weight_step(self, ctx: LoopContext) -> None:
         if self.options.sampling == "uniform":
@@ -172,8 +172,12 @@ class SposMethod(SearchMethod):
             ctx.extra["spos"]["rerank"] = list(self._reranked)
         return best
 
+    def _finalize_state(self) -> dict[str, Any]:
+        # what ``finalize`` adds to the method's state (the weight training's part is the base class's)
+        return {"evolution": self._evo_state, "rerank": list(self._reranked)}
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "evolution": self._evo_state, "rerank": list(self._reranked)}
+        return {**super().state_dict(), **self._finalize_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

@@ -44,11 +44,14 @@ def training_seconds(log_path: Path) -> float | None:
     return sum(per_epoch.values()) if per_epoch else None
 
 
-def seed_from_supernet(donor: str | Path, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
+def seed_from_supernet(donor: str | Path, out_dir: Path, config_hash: str, identity: dict[str, Any],
+                       finalize_state: dict[str, Any]) -> None:
     """Write ``out_dir/checkpoint.pt``: the finished SPOS run ``donor``'s supernet, ready for a new evolution.
 
-    ``identity`` and ``config_hash`` are the new search's. Raises ``ConfigError`` naming ``spos.supernet_from``
-    when ``donor`` is not a finished SPOS run of the same supernet configuration; writes nothing then.
+    ``identity`` and ``config_hash`` are the new search's; ``finalize_state`` is its method's state before
+    anything after training ran (evolution, re-ranking), which replaces the donor's. Raises ``ConfigError``
+    naming ``spos.supernet_from`` when ``donor`` is not a finished SPOS run of the same supernet configuration;
+    writes nothing then.
     """
     d = Path(donor)
     what = f"spos.supernet_from {str(donor)!r}"
@@ -78,7 +81,7 @@ def seed_from_supernet(donor: str | Path, out_dir: Path, config_hash: str, ident
               "training_seconds": seconds}
     atomic_torch_save(out_dir / "checkpoint.pt", {
         **ck, "config_hash": config_hash, "phase": "finalize", "arch": None, "last_eval": {},
-        # the donor's evolution and re-ranking are not this search's: only its weights carry over
-        "method": {**ck["method"], "evolution": None, "rerank": []},
+        # the donor's evolution and re-ranking are not this search's: only its training state carries over
+        "method": {**ck["method"], **finalize_state},
         "elapsed_s": seconds if seconds is not None else 0.0, "extra": {"supernet_from": origin},
     })
