@@ -68,6 +68,16 @@ METHODS: dict[str, Method] = {
     "proxyless_longwarm": Method("ProxylessNAS, warm-up 280 of 300 epochs",
                                  {"method": "proxyless", "proxyless": {"warmup_epochs": 280},
                                   "eval_max_batches": 1}),
+    # candidates' convolutions started as the identity plus their random draw (`candidate_init: identity`): an
+    # untrained convolution then passes its input like a skip instead of noise, so at 210 weight steps the
+    # search no longer finds the parameter-free ops better merely because the convolutions have not trained yet
+    "proxyless_identity": Method("ProxylessNAS, identity-started candidates",
+                                 {"method": "proxyless", "candidate_init": "identity"}),
+    # and every option trained at every weight step (FairNAS's strict fairness; DARTS's compute per step): each
+    # convolution gets all 210 updates instead of ~42
+    "proxyless_identity_fair": Method("ProxylessNAS, identity-started candidates, fair weight paths",
+                                      {"method": "proxyless", "candidate_init": "identity",
+                                       "proxyless": {"sampling": "fair"}}),
     "spos": Method("SPOS", {"method": "spos"}),
     # FairNAS's strict fairness: every weight step trains each op of every edge once (5 paths on the batch), so
     # each op gets all 210 updates instead of ~42; the compute per step is then that of the DARTS supernet
@@ -231,7 +241,8 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
         w = cfg.proxyless.warmup_epochs  # None: the first third of the steps (ProxylessMethod.wants_arch_step)
         warm_steps = steps // 3 if w is None else min(w * per_epoch, steps)
         arch_steps = steps - warm_steps
-        train = (steps + 2 * arch_steps) * bs * cal.path_step
+        paths = 5 if cfg.proxyless.sampling == "fair" else 1  # NB201: five options per edge
+        train = (paths * steps + 2 * arch_steps) * bs * cal.path_step
         return train + epochs * n_eval * cal.path_eval
     o = cfg.spos
     n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)

@@ -36,6 +36,7 @@ CASES = [
     ("proxyless", "nb201", {"C": 2}, {"arch_lr": 0.05}),
     ("proxyless", "nb201", {"C": 2}, {"arch_lr": 0.05, "flops_loss": "mul", "target_macs": 2e4}),
     ("proxyless", "nb201", {"C": 2}, {"arch_lr": 0.05, "estimator": "loss_diff"}),
+    ("proxyless", "nb201", {"C": 2}, {"arch_lr": 0.05, "sampling": "fair"}),
     ("spos", "nb201", {"C": 2}, SPOS_SMALL),
     ("darts", "darts", {"C": 2, "layers": 3}, {"arch_lr": 0.05}),
     ("proxyless", "proxyless", {"width_mult": 0.1, "layers_per_stage": [1, 2, 1, 1, 1]}, {"arch_lr": 0.05}),

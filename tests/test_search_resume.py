@@ -52,12 +52,16 @@ def _stop_at(step: int):
     return hook
 
 
-@pytest.mark.parametrize("method", ["darts", "proxyless", "spos", "spos-fair"])
+@pytest.mark.parametrize("method", ["darts", "proxyless", "spos", "spos-fair", "proxyless-fair-identity"])
 def test_kill_then_resume_is_bitwise_identical(tmp_path, method):
     ds = tiny_set()
     if method == "spos-fair":  # strict-fairness sampling: several paths per weight step
         method_cfg = _cfg("spos")
         method_cfg["spos"] = {**method_cfg["spos"], "sampling": "fair"}
+        _cfg_m = lambda: method_cfg  # noqa: E731
+    elif method == "proxyless-fair-identity":  # fair weight paths on identity-started candidates
+        method_cfg = _cfg("proxyless", candidate_init="identity")
+        method_cfg["proxyless"] = {**method_cfg["proxyless"], "sampling": "fair"}
         _cfg_m = lambda: method_cfg  # noqa: E731
     else:
         _cfg_m = lambda: _cfg(method)  # noqa: E731

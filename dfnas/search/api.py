@@ -76,6 +76,9 @@ class SearchConfig:
     log_every_steps: int = 10
     eval_max_batches: int | None = 8  # held-out batches evaluated per epoch (None: all, 0: none)
     max_steps: int | None = None  # cap on weight steps (quick runs, benchmarks)
+    # default | identity: candidate convolutions that keep their input's shape start as the identity map plus
+    # their random draw, so an untrained parametric op is no worse than a skip (dfnas.search.weights_init)
+    candidate_init: str = field(default="default", metadata=ADDED_LATER)
     darts: DartsConfig = field(default_factory=DartsConfig)
     proxyless: ProxylessConfig = field(default_factory=ProxylessConfig)
     spos: SposConfig = field(default_factory=SposConfig)
@@ -110,7 +113,8 @@ class SearchConfig:
                           momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay,
                           grad_clip=self.grad_clip, augment=self.augment,
                           checkpoint_every_steps=self.checkpoint_every_steps, log_every_steps=self.log_every_steps,
-                          eval_max_batches=self.eval_max_batches, max_steps=self.max_steps)
+                          eval_max_batches=self.eval_max_batches, max_steps=self.max_steps,
+                          candidate_init=self.candidate_init)
 
     def options_field(self) -> str:
         """The block holding this method's options (the per-proxy methods share ``zerocost``)."""

@@ -31,7 +31,7 @@ from dfnas.io import MetricLogger, atomic_torch_save
 from dfnas.repro import make_generator
 from dfnas.search.base import Batch, SearchMethod
 from dfnas.search.losses import Criterion
-from dfnas.search.weights_init import init_parameters
+from dfnas.search.weights_init import CANDIDATE_INITS, identity_init_candidates, init_parameters
 from dfnas.spaces.base import Arch
 
 CHECKPOINT_VERSION = 1
@@ -60,6 +60,9 @@ class LoopConfig:
     eval_max_batches: int | None = 8  # held-out batches evaluated per epoch; None: all; 0: no evaluation
     eval_batch_size: int = 256
     max_steps: int | None = None  # stop training after this many weight steps (short runs, benchmarks)
+    # supernet candidates whose convolutions keep their input's shape start as the identity (plus their random
+    # draw) instead of noise (weights_init.identity_init_candidates); no effect on a network without choices
+    candidate_init: str = field(default="default", metadata=ADDED_LATER)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -70,6 +73,8 @@ class LoopConfig:
             raise ConfigError(f"max_steps must be >= 1 or null, got {self.max_steps}")
         if self.mix not in MIX_MODES:
             raise ConfigError(f"mix {self.mix!r} is not one of {list(MIX_MODES)}")
+        if self.candidate_init not in CANDIDATE_INITS:
+            raise ConfigError(f"candidate_init {self.candidate_init!r} is not one of {list(CANDIDATE_INITS)}")
 
 
 def loop_identity(cfg: LoopConfig) -> dict[str, Any]:
@@ -231,7 +236,10 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
         raise ConfigError(f"mix {cfg.mix!r} needs an online teacher to label the mixed images (stored labels "
                           "belong to the unmixed ones); use online_teacher: true or mix: none")
     # constructors draw initial weights from the global RNG: redraw them from the run's seed
-    model = init_parameters(method.build_model(), make_generator(seed, "loop", "init")).to(device)
+    model = init_parameters(method.build_model(), make_generator(seed, "loop", "init"))
+    if cfg.candidate_init == "identity":
+        identity_init_candidates(model)
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     bs = min(cfg.batch_size, len(train))
     spe = _steps_per_epoch(len(train), bs)

@@ -47,3 +47,42 @@ def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
                 torch.manual_seed(seed)
                 reset()
     return model
+
+
+CANDIDATE_INITS = ("default", "identity")
+
+
+def _keeps_shape(conv: nn.Conv2d) -> bool:
+    """Same channels in and out, stride 1, and padding that keeps the spatial size (odd kernels)."""
+    k, d, p = conv.kernel_size, conv.dilation, conv.padding
+    return (conv.in_channels == conv.out_channels and conv.stride == (1, 1) and isinstance(p, tuple)
+            and all(ki % 2 == 1 and pi == di * (ki - 1) // 2 for ki, di, pi in zip(k, d, p, strict=True)))
+
+
+@torch.no_grad()
+def identity_init_candidates(model: nn.Module) -> int:
+    """Add the identity kernel (Dirac delta) to the convolutions of every supernet candidate whose
+    convolutions all keep their input's shape; returns how many candidates changed.
+
+    Why: a freshly drawn convolution outputs noise, while skip and pooling pass their input's content from the
+    first step; after a few hundred single-path weight steps each convolution has had a fifth of them, and the
+    supernet still fits better through the parameter-free ops, which a loss-driven search then picks. Started
+    as the identity plus their random draw, a candidate's convolutions pass the input like a skip (through
+    its ReLU and BatchNorm) and can only add to it by training. Candidates with a convolution that changes
+    channels or resolution (reductions, expansions) keep their default draw; a network without ``Choice``
+    modules is unchanged.
+    """
+    from dfnas.spaces.base import Choice
+
+    changed = 0
+    for choice in (m for m in model.modules() if isinstance(m, Choice)):
+        for cand in choice.candidates.values():
+            convs = [m for m in cand.modules() if isinstance(m, _CONVS)]
+            if not convs or not all(isinstance(c, nn.Conv2d) and _keeps_shape(c) for c in convs):
+                continue
+            for c in convs:
+                delta = torch.zeros_like(c.weight)
+                nn.init.dirac_(delta, groups=c.groups)  # (C, C / groups, k, k): 1 at each channel's centre tap
+                c.weight.add_(delta)
+            changed += 1
+    return changed

@@ -1,6 +1,7 @@
 """ProxylessNAS (Cai et al., ICLR 2019): binarized paths, memory of one path per weight step.
 
-Weight step: per decision, one option is sampled from softmax(alpha); only that path runs.
+Weight step: per decision, one option is sampled from softmax(alpha); only that path runs (``sampling =
+"fair"``: every option of every decision once per step, FairNAS's strict fairness, gradients summed).
 Architecture step (held-out batch), the paper's two-path mode:
 1. per decision sample two distinct options {i, j} from multinomial(softmax(alpha)), then one of the two as
    active with probabilities p = softmax(alpha_{i,j}) renormalized over the pair;
@@ -37,6 +38,7 @@ from dfnas.spaces.base import Arch
 
 FLOPS_LOSSES = ("none", "mul", "mul_log", "add")
 ESTIMATORS = ("binary_gate", "loss_diff")
+SAMPLINGS = ("alpha", "fair")
 
 
 @dataclass
@@ -57,6 +59,9 @@ class ProxylessConfig:
     flops_lambda: float = 0.1  # weight of the additive term
     # binary_gate: the paper's dL/dg; loss_diff: measured held-out losses of the pair's options (see above)
     estimator: Literal["binary_gate", "loss_diff"] = field(default="binary_gate", metadata=ADDED_LATER)
+    # alpha: one path per weight step drawn from softmax(alpha) (the paper); fair: FairNAS's strict fairness, every
+    # option of every decision trained on each weight step (m paths, gradients summed; DARTS's compute per step)
+    sampling: Literal["alpha", "fair"] = field(default="alpha", metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.flops_loss not in FLOPS_LOSSES:
@@ -66,6 +71,8 @@ class ProxylessConfig:
                               f"(the reference MACs), got {self.target_macs}")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"proxyless.estimator {self.estimator!r} is not one of {list(ESTIMATORS)}")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"proxyless.sampling {self.sampling!r} is not one of {list(SAMPLINGS)}")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ConfigError(f"proxyless.warmup_epochs must be >= 0 or null, got {self.warmup_epochs}")
         if self.update_arch_every < 1:
@@ -238,7 +245,18 @@ class ProxylessMethod(AlphaMethod):
         return out, ce
 
     def before_weight_step(self, ctx: LoopContext) -> None:
-        ctx.model.set_path(self.sample_path())
+        if self.options.sampling == "alpha":
+            ctx.model.set_path(self.sample_path())
+
+    def weight_paths(self, ctx: LoopContext) -> list[Arch] | None:
+        if self.options.sampling == "alpha":
+            return None
+        paths = self.space.fair_paths(self.generator)
+        dec = self.space.decisions()
+        for k in self.keys:  # every option once (cycled where a decision has fewer): count what ran
+            for p in paths:
+                self.diag[k]["sampled"][dec[k].index(p.as_dict()[k])] += 1
+        return paths
 
     def prepare_eval(self, ctx: LoopContext) -> bool:
         ctx.model.set_path(self.current_arch())
