@@ -54,6 +54,9 @@ METHODS: dict[str, Method] = {
     "darts_beta_skip1": Method("DARTS + β-decay, at most 1 skip",
                                {"method": "darts", "darts": {"remedy": "beta", "max_skip": 1}}),
     "darts": Method("DARTS", {"method": "darts", "darts": {"remedy": "none"}}),
+    # the identity start of the candidate convolutions (see proxyless_identity) for DARTS's weighted supernet
+    "darts_beta_identity": Method("DARTS + β-decay, identity-started candidates",
+                                  {"method": "darts", "darts": {"remedy": "beta"}, "candidate_init": "identity"}),
     # DrNAS's Dirichlet mixing weights (sampled each step, KL to the uniform Dirichlet): its own NB201 search
     # lands on the optimum (94.36); the noise of the draws keeps a lead from resting on one op's early edge
     "drnas": Method("DrNAS (Dirichlet)", {"method": "darts", "darts": {"remedy": "drnas"}}),
