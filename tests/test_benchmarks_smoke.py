@@ -304,7 +304,8 @@ def test_spos_ranking_route_rule_and_smoke_run_resumes(tmp_path, monkeypatch):
 
 def test_proxyless_long_warmup_variant_fits_its_budget_and_its_estimate():
     """`proxyless_longwarm` leaves 20 of cpu_5k_xlong's 300 epochs to architecture steps, is refused where its
-    warm-up would take every epoch, and its estimate counts the pair's extra paths only after the warm-up."""
+    warm-up would take every epoch, and its estimate counts the pair's extra paths only after the warm-up (and
+    five paths per weight step with fair weight paths)."""
     from dfnas.config import from_dict
     from dfnas.errors import ConfigError
     from dfnas.search import SearchConfig
@@ -321,6 +322,10 @@ def test_proxyless_long_warmup_variant_fits_its_budget_and_its_estimate():
     steps, bs = 300 * 78, 32  # 2,500 training images / 32 = 78 steps per epoch
     assert sq.cell_estimate(xlong, "proxyless_longwarm", cal) == (steps + 2 * 20 * 78) * bs
     assert sq.cell_estimate(xlong, "proxyless", cal) == (steps + 2 * (steps - 100 * 78)) * bs  # a third warm
+    # fair weight paths: every weight step runs all five options of each edge
+    cpu_steps = 30 * 7  # 250 training images / 32 = 7 steps per epoch; a third warm-up (70 steps)
+    assert sq.cell_estimate(sq.BUDGETS["cpu"], "proxyless_identity_fair", cal) == (5 * cpu_steps + 2 * 140) * 32
+    assert sq.cell_estimate(sq.BUDGETS["cpu"], "proxyless_identity", cal) == (cpu_steps + 2 * 140) * 32
 
 
 def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monkeypatch):
