@@ -237,23 +237,24 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
     epochs = min(planned, -(-steps // per_epoch))
     n_eval = n_held if cfg.eval_max_batches is None else min(n_held, cfg.eval_max_batches * 256)
     m = cfg.method
+    # single-path weight steps: one path, or with strict-fairness sampling (SPOS and ProxylessNAS `sampling:
+    # fair`) every option of each edge once (NB201: five options per edge)
+    paths = 5 if getattr(cfg.method_options(), "sampling", None) == "fair" else 1
     if m == "darts":
         # architecture step on a held-out batch + weight step, both through the weighted supernet
         train = steps * bs * 2 * cal.supernet_step
         return train + epochs * n_eval * cal.supernet_step / 3
     if m == "proxyless":
-        # weight step on one path; the architecture step (after the warm-up) runs the two sampled paths of every
-        # decision
+        # weight step on `paths` paths; the architecture step (after the warm-up) runs the two sampled paths of
+        # every decision
         w = cfg.proxyless.warmup_epochs  # None: the first third of the steps (ProxylessMethod.wants_arch_step)
         warm_steps = steps // 3 if w is None else min(w * per_epoch, steps)
         arch_steps = steps - warm_steps
-        paths = 5 if cfg.proxyless.sampling == "fair" else 1  # NB201: five options per edge
         train = (paths * steps + 2 * arch_steps) * bs * cal.path_step
         return train + epochs * n_eval * cal.path_eval
     o = cfg.spos
     n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)
     candidates = o.population * o.generations  # an upper bound: repeated candidates are not rescored
-    paths = 5 if o.sampling == "fair" else 1  # NB201: five options per edge
     evolution = candidates * (o.bn_batches * bs + n_score) * cal.path_eval
     evolution += o.rerank_top * (o.rerank_steps * bs * cal.path_step + n_held * cal.path_eval)
     if METHODS[method].supernet_of is not None:  # the supernet is another cell's: counted there
