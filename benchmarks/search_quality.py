@@ -94,6 +94,10 @@ METHODS: dict[str, Method] = {
     # edge keeps the 2 ops whose cells ranked best on average; the search runs on that 64-cell space. The
     # pre-filter alone (its best-scored cell) is recorded beside each search, to judge what the search adds
     "proxyless_zc": Method("ProxylessNAS, zero-cost pre-filter", {"method": "proxyless", "prefilter": _ZC}),
+    # both: the pre-filter's space (2 options per edge, mostly the two convolutions) searched from identity-started
+    # candidates, so that within it the convolutions are not judged before they have trained
+    "proxyless_identity_zc": Method("ProxylessNAS, identity-started candidates, zero-cost pre-filter",
+                                    {"method": "proxyless", "candidate_init": "identity", "prefilter": _ZC}),
     # an evolution on the `spos` cell's trained supernet (no retraining; for the cpu_5k_xlong budget, whose
     # supernet ranks the cells but whose evolution picks among near-ties): BatchNorm recalibrated on 4x the
     # batches and every held-out image (2,500 at that budget, not 1,024) scoring each candidate
