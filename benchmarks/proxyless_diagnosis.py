@@ -10,10 +10,17 @@ the supernet has learnt (held-out accuracy of the derived path), and the NB201 a
 
     python benchmarks/proxyless_diagnosis.py --budget cpu
     python benchmarks/proxyless_diagnosis.py --budget smoke
+    python benchmarks/proxyless_diagnosis.py --budget cpu --variants identity --seeds 0-4
 
 Variants: ``base`` (the library's defaults), ``arch_lr_x10`` (arch Adam lr 1e-2: the paper's ~1e3 arch updates
-compressed into 140), ``steps_x4`` (4x the weight steps, 840: is it a matter of training?). Resumable per cell
+compressed into 140), ``steps_x4`` (4x the weight steps, 840: is it a matter of training?), ``loss_diff``,
+``identity`` (identity-started candidates, ``candidate_init=identity``). Resumable per cell
 (benchmarks/_work/<budget>/proxyless_diagnosis/cells/).
+
+For the ``identity`` cells (added later; the earlier cells' runs are gone) the trained supernet is also measured
+without the estimator (``exact_edge_losses``): per edge and op, the held-out loss with that op on the edge,
+averaged over random choices of the other edges, and the cell that takes each edge's lowest-loss op. If that cell
+is no better than the search's, the estimator's noise is not what limits the search; the supernet is.
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "steps_x4": ({"epochs": 120}, ("real", "full")),
     # the pair's measured held-out losses instead of the linearized gate gradient: is the estimator the cause?
     "loss_diff": ({"proxyless": {"estimator": "loss_diff"}}, ("real", "full")),
+    # the search-quality method proxyless_identity (same cells): untrained convolutions start as skips
+    "identity": ({"candidate_init": "identity"}, ("real", "full")),
 }
+EXACT_VARIANTS = ("identity",)  # variants whose cells also measure the supernet without the estimator
+EXACT_PATHS = 10  # random choices of the other edges per edge, shared by the edge's five options
 
 
 def cell_config(budget: sq.Budget, variant: str, seed: int) -> dict[str, Any]:
@@ -92,10 +103,56 @@ def run_cell(ds: Any, source: str, variant: str, seed: int, budget: sq.Budget, r
     res = run_search(cell_config(budget, variant, seed), ds, out, device="cpu", progress=progress)
     gt = table.lookup(res.arch)
     ops = list(res.arch.as_dict().values())
+    exact = (exact_edge_losses(cell_config(budget, variant, seed), ds, out, EXACT_PATHS, seed, table)
+             if variant in EXACT_VARIANTS else {})
     return {"source": source, "variant": variant, "seed": seed, "arch": str(res.arch),
             "nb201_cifar10": gt["cifar10"], "parameter_free_edges": sum(o in PARAMETER_FREE for o in ops),
             "weight_steps": res.result.get("weight_steps"), "wall_s": round(time.perf_counter() - t0, 2),
-            **aggregate(out / "log.jsonl")}
+            **aggregate(out / "log.jsonl"), **exact}
+
+
+def exact_edge_losses(cfg: dict[str, Any], ds: Any, run_dir: Path, n_paths: int, seed: int,
+                      table: Any) -> dict[str, Any]:
+    """The finished search's supernet (``run_dir``'s checkpoint) measured without the estimator.
+
+    Per edge: ``n_paths`` random choices of the other edges (options other than ``none``, so the cell stays
+    connected), each evaluated with every option on the edge (common random numbers), on all held-out images
+    of the search's own split, with batch statistics as in an architecture step. Returns the mean loss per
+    edge and op, the spread of the paired differences (how many paths a reliable ranking needs), and the cell
+    of each edge's lowest mean loss with its NB201 accuracy (``exact_cell``, ``exact_cell_nb201``).
+    """
+    import torch
+
+    from dfnas.data.imageset import iterate_batches
+    from dfnas.search.api import prepare_search
+    from dfnas.search.bn import frozen_running_stats
+    from dfnas.spaces.base import Arch
+
+    setup = prepare_search(cfg, ds, device="cpu", progress=False)
+    model = setup.build_method().build_model()
+    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
+    criterion = setup.criterion()
+    x, y = next(iterate_batches(setup.held, len(setup.held), None, augment=False))  # (H, 3, 32, 32), (H, ...)
+    dec = setup.space.decisions()
+    connected = {k: [o for o in opts if o != "none"] for k, opts in dec.items()}
+    gen = torch.Generator().manual_seed(seed)
+    edges: dict[str, Any] = {}
+    model.train()
+    with torch.no_grad(), frozen_running_stats(model):
+        for k, opts in dec.items():
+            losses = torch.zeros(n_paths, len(opts))  # (paths, options)
+            for m in range(n_paths):
+                rest = {kk: oo[int(torch.randint(len(oo), (1,), generator=gen))] for kk, oo in connected.items()}
+                for j, o in enumerate(opts):
+                    model.set_path(Arch.of(setup.space.name, {**rest, k: o}))
+                    losses[m, j] = criterion(model(x), x, y)
+            centred = losses - losses.mean(1, keepdim=True)  # paired: each path's mean over options removed
+            edges[k] = {"options": list(opts), "mean_loss": [round(float(v), 5) for v in losses.mean(0)],
+                        "paired_sd": [round(float(v), 5) for v in centred.std(0)]}
+    cell = Arch.of(setup.space.name, {k: e["options"][min(range(len(e["options"])), key=e["mean_loss"].__getitem__)]
+                                      for k, e in edges.items()})
+    return {"exact_edges": edges, "exact_cell": str(cell), "exact_cell_nb201": table.lookup(cell)["cifar10"],
+            "exact_paths": n_paths}
 
 
 def summarize(cells: list[dict[str, Any]], budget_name: str) -> tuple[dict[str, Any], str]:
@@ -138,13 +195,55 @@ def summarize(cells: list[dict[str, Any]], budget_name: str) -> tuple[dict[str, 
     lines.append(common.md_table(["variant", "source", *OPS],
                                  [[g["variant"], SOURCES[g["source"]].label,
                                    *(f"{g['gate_grad_mean'][o]:+.4f}" for o in OPS)] for g in groups]))
+    lines += exact_section(cells)
     return summary, "\n".join(lines)
 
 
+def exact_section(cells: list[dict[str, Any]]) -> list[str]:
+    """Markdown of the supernet measured without the estimator (cells with ``exact_cell``), per variant and
+    source: the search's cell against the cell of each edge's lowest held-out loss, and per op its mean loss
+    relative to the edge's mean (over edges and seeds) with the paired spread of one path."""
+    out: list[str] = []
+    for v in VARIANTS:
+        for s in SOURCES:
+            cs = sorted((c for c in cells if c["variant"] == v and c["source"] == s and "exact_cell" in c),
+                        key=lambda c: c["seed"])
+            if not cs:
+                continue
+            if not out:
+                out += ["\n## The trained supernet without the estimator\n",
+                        f"Per edge, the held-out loss of the finished supernet with each op on the edge, averaged "
+                        f"over {cs[0]['exact_paths']} random choices of the other edges (the same for every op); "
+                        "'lowest-loss cell': each edge's op of lowest mean loss. 'op − edge mean': that op's mean "
+                        "loss minus the edge's mean over its ops, averaged over edges and seeds (negative = fits "
+                        "better); 'paired sd': the spread of one path's op − path-mean difference (a ranking of "
+                        "two ops needs ~(sd / gap)^2 paths).\n"]
+            gap = {o: sum(e["mean_loss"][i] - sum(e["mean_loss"]) / len(e["mean_loss"])
+                          for c in cs for e in c["exact_edges"].values() for i, oo in enumerate(e["options"])
+                          if oo == o) / (len(cs) * len(cs[0]["exact_edges"])) for o in OPS}
+            sd = {o: sum(e["paired_sd"][i] for c in cs for e in c["exact_edges"].values()
+                         for i, oo in enumerate(e["options"]) if oo == o) / (len(cs) * len(cs[0]["exact_edges"]))
+                  for o in OPS}
+            out.append(f"**{v}, {SOURCES[s].label}** (seeds {', '.join(str(c['seed']) for c in cs)})\n")
+            out.append(common.md_table(
+                ["", "NB201 CIFAR-10 per seed", "mean ± std"],
+                [["search's cell", ", ".join(f"{c['nb201_cifar10']:.2f}" for c in cs),
+                  common.fmt_pm([c["nb201_cifar10"] for c in cs])],
+                 ["lowest-loss cell", ", ".join(f"{c['exact_cell_nb201']:.2f}" for c in cs),
+                  common.fmt_pm([c["exact_cell_nb201"] for c in cs])]]))
+            out.append("")
+            out.append(common.md_table(["", *OPS], [["op − edge mean", *(f"{gap[o]:+.4f}" for o in OPS)],
+                                                    ["paired sd", *(f"{sd[o]:.4f}" for o in OPS)]]))
+            out.append("")
+    return out
+
+
 def plot(summary: dict[str, Any], path: Path) -> Path:
-    """Per source of the base variant: cumulative summed dL/dalpha per op over the epochs (mean over seeds)."""
+    """Per source of the base variant (else of the first variant with cells): cumulative summed dL/dalpha per op
+    over the epochs (mean over seeds)."""
     plt = common.pyplot()
-    cells = [c for c in summary["cells"] if c["variant"] == "base"]
+    variant = next((v for v in VARIANTS if any(c["variant"] == v for c in summary["cells"])), "base")
+    cells = [c for c in summary["cells"] if c["variant"] == variant]
     sources = [s for s in SOURCES if any(c["source"] == s for c in cells)]
     fig, axes = plt.subplots(1, max(1, len(sources)), figsize=(4.2 * max(1, len(sources)), 3.6), squeeze=False)
     colors = plt.get_cmap("tab10").colors
@@ -163,7 +262,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel("cumulative -dL/dalpha (up = favoured)")
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"ProxylessNAS: which ops the estimator favours ({summary['budget']} budget, base variant)",
+    fig.suptitle(f"ProxylessNAS: which ops the estimator favours ({summary['budget']} budget, {variant} variant)",
                  fontsize=10)
     fig.tight_layout()
     return common.save_figure(fig, path)
@@ -172,7 +271,11 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(sq.BUDGETS))
     p.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: the budget's)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        p.error(f"--variants: unknown {unknown}; valid: {list(VARIANTS)}")
     work, out = common.setup(args)
     budget = sq.BUDGETS[args.budget]
     seeds = common.parse_seeds(args.seeds) if args.seeds else list(budget.seeds)
@@ -185,10 +288,10 @@ def main(argv: list[str] | None = None) -> int:
 
     table = NB201Table.load()
     grid = [(s, v, k) for v, (_, srcs) in VARIANTS.items() for s in srcs for k in seeds]
-    if not args.summary_only:
+    if not args.summary_only:  # the summary keeps every variant's stored cells; only the asked ones run
         datasets: dict[str, Any] = {}
         for s, v, k in grid:
-            if store.get(s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k)) is not None:
+            if v not in variants or store.get(s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k)) is not None:
                 continue
             if s not in datasets:
                 datasets[s], _ = common.prepare_source(s, budget.data, work, not args.quiet)

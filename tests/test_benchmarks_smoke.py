@@ -363,3 +363,39 @@ def test_same_supernet_comparison_pairs_a_reusing_method_with_its_donor_per_sour
     assert [(c["method"], c["donor"], c["source"], c["n"]) for c in out] == [("spos_rerank", "spos", "full", 3)]
     assert out[0]["mean_diff"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
     assert sq.same_supernet_comparisons(cells, ["full"], ["spos_rerank"]) == []  # donor not in the report
+
+
+def test_proxyless_diagnosis_measures_the_supernet_without_the_estimator(tmp_path, monkeypatch, capsys):
+    """proxyless_diagnosis.py --variants identity at the smoke budget: the cell records, per edge, the held-out
+    loss of every op over the same random paths, and the lowest-loss cell is each edge's argmin with its ground
+    truth; a rerun reads the stored cell; an unknown variant is refused by name."""
+    from dfnas.spaces.nb201 import NB201Space
+    from dfnas.spaces.nb201_table import NB201Table
+
+    pd = _load("proxyless_diagnosis")
+    args = ["--budget", "smoke", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--quiet",
+            "--variants", "identity"]
+    assert pd.main(args) == 0
+    cells = json.loads((tmp_path / "out" / "proxyless_diagnosis_smoke.json").read_text())["cells"]
+    assert sorted(c["source"] for c in cells) == ["full", "real"] and {c["variant"] for c in cells} == {"identity"}
+    table = NB201Table.load()
+    for c in cells:
+        edges = c["exact_edges"]
+        assert set(edges) == set(NB201Space.decisions()) and c["exact_paths"] == pd.EXACT_PATHS
+        lowest = {}
+        for k, e in edges.items():
+            assert e["options"] == NB201Space.decisions()[k] and len(e["mean_loss"]) == len(e["options"])
+            assert all(math.isfinite(v) and v > 0 for v in e["mean_loss"]) and len(set(e["mean_loss"])) > 1
+            lowest[k] = e["options"][e["mean_loss"].index(min(e["mean_loss"]))]
+        cell = NB201Space.parse(c["exact_cell"])
+        assert cell.as_dict() == lowest
+        assert c["exact_cell_nb201"] == table.lookup(cell)["cifar10"]
+
+    def no_search(*a, **k):
+        raise AssertionError("a stored cell was searched again")
+
+    monkeypatch.setattr("dfnas.search.run_search", no_search)
+    assert pd.main(args) == 0
+    with pytest.raises(SystemExit):
+        pd.main([*args[:-1], "identity,bogus"])
+    assert "bogus" in capsys.readouterr().err
