@@ -14,13 +14,14 @@ the supernet has learnt (held-out accuracy of the derived path), and the NB201 a
 
 Variants: ``base`` (the library's defaults), ``arch_lr_x10`` (arch Adam lr 1e-2: the paper's ~1e3 arch updates
 compressed into 140), ``steps_x4`` (4x the weight steps, 840: is it a matter of training?), ``loss_diff``,
-``identity`` (identity-started candidates, ``candidate_init=identity``). Resumable per cell
-(benchmarks/_work/<budget>/proxyless_diagnosis/cells/).
+``identity`` (identity-started candidates, ``candidate_init=identity``), ``identity_fair`` (and fair weight paths
+with a 10x arch lr). Resumable per cell (benchmarks/_work/<budget>/proxyless_diagnosis/cells/).
 
-For the ``identity`` cells (added later; the earlier cells' runs are gone) the trained supernet is also measured
-without the estimator (``exact_edge_losses``): per edge and op, the held-out loss with that op on the edge,
-averaged over random choices of the other edges, and the cell that takes each edge's lowest-loss op. If that cell
-is no better than the search's, the estimator's noise is not what limits the search; the supernet is.
+For the ``identity`` and ``identity_fair`` cells (added later; the earlier cells' runs are gone) the trained
+supernet is also measured without the estimator (``exact_edge_losses``): per edge and op, the held-out loss with
+that op on the edge, averaged over random choices of the other edges, and the cell that takes each edge's
+lowest-loss op. If that cell is no better than the search's, the estimator's noise is not what limits the search;
+the supernet is.
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "loss_diff": ({"proxyless": {"estimator": "loss_diff"}}, ("real", "full")),
     # the search-quality method proxyless_identity (same cells): untrained convolutions start as skips
     "identity": ({"candidate_init": "identity"}, ("real", "full")),
+    # and every op trained on every batch with a 10x arch lr (search-quality's proxyless_identity_fair): does a
+    # supernet whose convolutions had all 210 updates rank the ops?
+    "identity_fair": ({"candidate_init": "identity", "proxyless": {"sampling": "fair", "arch_lr": 1e-2}},
+                      ("real", "full")),
 }
-EXACT_VARIANTS = ("identity",)  # variants whose cells also measure the supernet without the estimator
+EXACT_VARIANTS = ("identity", "identity_fair")  # variants whose cells also measure the supernet without the estimator
 EXACT_PATHS = 10  # random choices of the other edges per edge, shared by the edge's five options
 
 
