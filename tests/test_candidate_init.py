@@ -94,3 +94,80 @@ def test_proxyless_fair_sampling_trains_every_option_once_per_step():
     assert alpha.weight_paths(None) is None  # type: ignore[arg-type]  # the paper's single sampled path
     with pytest.raises(ConfigError, match="proxyless.sampling: 'uniform' is not one of \\['alpha', 'fair'\\]"):
         build_method("proxyless", space, {"sampling": "uniform"}, make_generator(0, "m"), torch.device("cpu"))
+
+
+def _derive_ctx(seed: int = 0):
+    """A trained-looking supernet context for ProxylessNAS's finalize: a C=4 N=1 supernet with random weights,
+    12 held-out images with soft targets, the loop's held-out evaluation settings."""
+    from types import SimpleNamespace
+
+    from dfnas.data import ImageSet
+    from dfnas.search.losses import Criterion
+
+    space, model = _supernet(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    held = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), generator=g, dtype=torch.uint8),
+                    torch.softmax(torch.randn(12, 4, generator=g), 1), 8, [str(i) for i in range(4)], label_mode="soft")
+    ctx = SimpleNamespace(model=model, criterion=Criterion("soft", 4.0), held_out=held, device=torch.device("cpu"),
+                          cfg=LoopConfig(eval_batch_size=5, eval_max_batches=None), seed=seed, extra={})
+    return space, ctx
+
+
+def test_proxyless_measured_derivation_takes_each_decisions_lowest_measured_loss():
+    """derive=measured: per decision the held-out loss of each option but `none`, averaged over draws of the other
+    decisions from softmax(alpha) without `none` (uniform with fair weight paths), recomputed here path by path
+    from the same draws; the cell is each decision's argmin; the same seed measures the same; the default (alpha)
+    keeps the argmax of alpha; bad values are refused."""
+    from dfnas.data.imageset import iterate_batches
+    from dfnas.search.bn import frozen_running_stats
+    from dfnas.spaces.base import Arch
+
+    space, ctx = _derive_ctx()
+    m = build_method("proxyless", space, {"derive": "measured", "derive_paths": 3}, make_generator(0, "m"),
+                     torch.device("cpu"))
+    with torch.no_grad():  # a non-uniform alpha, so the draws of the other decisions follow it
+        for a in m.alphas.values():
+            a.copy_(torch.randn(len(a), generator=torch.Generator().manual_seed(7)))
+    bn_before = {k: v.clone() for k, v in ctx.model.state_dict().items() if "running" in k}
+    arch = m.finalize(ctx)
+    losses = ctx.extra["derive_losses"]
+    dec = space.decisions()
+    assert all(v[dec[k].index("none")] is None for k, v in losses.items())  # `none` is never derived
+    assert arch.as_dict() == {k: dec[k][min((i for i in range(5) if losses[k][i] is not None),
+                                            key=losses[k].__getitem__)] for k in dec}
+    assert all(len({x for x in v if x is not None}) == 4 for v in losses.values())  # the options measure apart
+    assert all(torch.equal(ctx.model.state_dict()[k], v) for k, v in bn_before.items())  # running stats untouched
+    # by hand: the same generator stream, one draw of the other decisions per path, every option on that path
+    gen = make_generator(0, "proxyless", "derive")
+    batches = list(iterate_batches(ctx.held_out, 5, None, augment=False))
+    ctx.model.train()
+    first = list(dec)[0]
+    want = torch.zeros(5, dtype=torch.float64)
+    with torch.no_grad(), frozen_running_stats(ctx.model):
+        for _ in range(3):
+            rest = {}
+            for q in dec:
+                p = torch.softmax(m.alphas[q].detach().double(), 0)
+                p[dec[q].index("none")] = 0.0
+                rest[q] = dec[q][int(torch.multinomial(p, 1, generator=gen))]
+                assert rest[q] != "none"
+            for j, o in enumerate(dec[first]):
+                ctx.model.set_path(Arch.of(space.name, {**rest, first: o}))
+                want[j] += sum(float(ctx.criterion(ctx.model(x), x, y)) * len(x) for x, y in batches) / 12
+    got = [v for v in losses[first] if v is not None]
+    want = [float(w) / 3 for j, w in enumerate(want) if dec[first][j] != "none"]
+    assert got == pytest.approx(want, abs=1e-5)
+    again = _derive_ctx()[1]
+    assert m.finalize(again) == arch and again.extra["derive_losses"] == losses
+    fair = build_method("proxyless", space, {"derive": "measured", "derive_paths": 3, "sampling": "fair"},
+                        make_generator(0, "m"), torch.device("cpu"))
+    fair.alphas = m.alphas  # the same alpha: with fair weight paths the draws are uniform and ignore it
+    fair_ctx = _derive_ctx()[1]
+    fair.finalize(fair_ctx)
+    assert fair_ctx.extra["derive_losses"] != losses
+    plain = build_method("proxyless", space, {}, make_generator(0, "m"), torch.device("cpu"))
+    assert plain.finalize(_derive_ctx()[1]) == plain.current_arch()
+    with pytest.raises(ConfigError, match="proxyless.derive: 'best' is not one of \\['alpha', 'measured'\\]"):
+        build_method("proxyless", space, {"derive": "best"}, make_generator(0, "m"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="derive_paths must be >= 1"):
+        build_method("proxyless", space, {"derive_paths": 0}, make_generator(0, "m"), torch.device("cpu"))

@@ -16,6 +16,14 @@ backward) and the same Jacobian is applied to those losses: the exact gradient o
 pair. dL/dg_b - dL/dg_a is only a first-order estimate of L_b - L_a and grows with op b's output norm (skip
 and pooling pass the node's unnormalized sum); measured on NAS-Bench-201, the exact losses favour those ops
 as much, so this bias is not what drives the search to them (benchmarks/results/proxyless_diagnosis_cpu.md).
+``derive = "measured"`` replaces the final argmax of alpha: with alpha near uniform after a short search, the
+argmax is the estimator's noise even where the trained supernet does rank the options. Each decision's option
+is then the one of lowest held-out loss on the trained supernet, averaged over ``derive_paths`` draws of the
+other decisions from the distribution the weight steps trained on (uniform for fair paths, softmax(alpha)
+otherwise; the same draws for every option of the decision): the expected loss alpha descends, measured instead
+of estimated. Options named ``none`` are neither drawn nor derived (as DARTS derives its genotype), so the cell
+stays connected. With fair paths alpha then plays no part in the result. Measured on NAS-Bench-201 in
+benchmarks/results/proxyless_diagnosis_cpu.md and benchmarks/results/search_quality_cpu.md.
 Optional hardware term on the expected MACs E = base + sum_k softmax(alpha_k) . cost_k (differentiable):
 ``mul``: L * (E / target)^beta;  ``mul_log``: L * (log E / log target)^beta (the paper's code);
 ``add``: L + lambda * (E - target) / target.
@@ -25,12 +33,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import torch
 
 from dfnas.config import ADDED_LATER
+from dfnas.data.imageset import iterate_batches
 from dfnas.errors import ConfigError
+from dfnas.repro import make_generator
 from dfnas.search.base import AlphaMethod, Batch, register_method
 from dfnas.search.bn import frozen_running_stats
 from dfnas.search.loop import LoopContext
@@ -39,6 +50,7 @@ from dfnas.spaces.base import Arch
 FLOPS_LOSSES = ("none", "mul", "mul_log", "add")
 ESTIMATORS = ("binary_gate", "loss_diff")
 SAMPLINGS = ("alpha", "fair")
+DERIVES = ("alpha", "measured")
 
 
 @dataclass
@@ -62,6 +74,10 @@ class ProxylessConfig:
     # alpha: one path per weight step drawn from softmax(alpha) (the paper); fair: FairNAS's strict fairness, every
     # option of every decision trained on each weight step (m paths, gradients summed; DARTS's compute per step)
     sampling: Literal["alpha", "fair"] = field(default="alpha", metadata=ADDED_LATER)
+    # alpha: the cell is argmax softmax(alpha) (the paper); measured: each decision's option of lowest held-out
+    # loss over derive_paths draws of the other decisions (see the module docstring)
+    derive: Literal["alpha", "measured"] = field(default="alpha", metadata=ADDED_LATER)
+    derive_paths: int = field(default=10, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.flops_loss not in FLOPS_LOSSES:
@@ -73,6 +89,10 @@ class ProxylessConfig:
             raise ConfigError(f"proxyless.estimator {self.estimator!r} is not one of {list(ESTIMATORS)}")
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"proxyless.sampling {self.sampling!r} is not one of {list(SAMPLINGS)}")
+        if self.derive not in DERIVES:
+            raise ConfigError(f"proxyless.derive {self.derive!r} is not one of {list(DERIVES)}")
+        if self.derive_paths < 1:
+            raise ConfigError(f"proxyless.derive_paths must be >= 1, got {self.derive_paths}")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ConfigError(f"proxyless.warmup_epochs must be >= 0 or null, got {self.warmup_epochs}")
         if self.update_arch_every < 1:
@@ -261,6 +281,54 @@ class ProxylessMethod(AlphaMethod):
     def prepare_eval(self, ctx: LoopContext) -> bool:
         ctx.model.set_path(self.current_arch())
         return True
+
+    def finalize(self, ctx: LoopContext) -> Arch:
+        if self.options.derive == "alpha":
+            return super().finalize(ctx)
+        losses = self.measured_losses(ctx)  # inf for the options never derived
+        ctx.extra["derive_losses"] = {k: [round(float(v), 6) if math.isfinite(v) else None for v in loss]
+                                      for k, loss in losses.items()}  # None: never derived (``none``)
+        dec = self.space.decisions()
+        return Arch.of(self.space.name, {k: dec[k][int(loss.argmin())] for k, loss in losses.items()})
+
+    def _connected(self, options: list[str]) -> torch.Tensor:
+        """(n,) float64 mask of the options other than ``none`` (all of them where nothing else is left)."""
+        keep = torch.tensor([o != "none" for o in options], dtype=torch.float64)
+        return keep if float(keep.sum()) > 0 else torch.ones(len(options), dtype=torch.float64)
+
+    @torch.no_grad()
+    def measured_losses(self, ctx: LoopContext) -> dict[str, torch.Tensor]:
+        """Per decision (n,): the trained supernet's held-out loss with each option (inf for ``none``), averaged
+        over ``derive_paths`` draws of the other decisions (uniform for fair weight paths, else softmax(alpha);
+        never ``none``; the same draws for every option); train-mode BatchNorm on the held-out batches as in an
+        architecture step, running statistics untouched. Deterministic for the run's seed (also when a killed
+        run finalizes again)."""
+        if ctx.held_out is None:
+            raise ConfigError("proxyless.derive 'measured' needs a held-out split (set held_out > 0)")
+        dec = self.space.decisions()
+        fair = self.options.sampling == "fair"
+        draw = {k: self._connected(dec[k]) * (1.0 if fair else torch.softmax(self.alphas[k].detach().cpu().double(), 0))
+                for k in self.keys}  # (n,) unnormalized probabilities of the options the other decisions take
+        cap = ctx.cfg.eval_max_batches or None  # the loop's held-out evaluation size (0 or None: every batch)
+        batches = list(islice(iterate_batches(ctx.held_out, ctx.cfg.eval_batch_size, None, augment=False,
+                                              device=ctx.device), cap))
+        n = sum(len(x) for x, _ in batches)
+        gen = make_generator(ctx.seed, "proxyless", "derive")
+        out = {}
+        ctx.model.train()
+        with frozen_running_stats(ctx.model):
+            for k in self.keys:
+                keep = self._connected(dec[k])
+                total = torch.where(keep > 0, 0.0, math.inf)
+                for _ in range(self.options.derive_paths):
+                    rest = {q: dec[q][int(torch.multinomial(draw[q], 1, generator=gen))] for q in self.keys}
+                    for j, option in enumerate(dec[k]):
+                        if keep[j] > 0:
+                            ctx.model.set_path(Arch.of(self.space.name, {**rest, k: option}))
+                            total[j] += sum(float(ctx.criterion(ctx.model(x), x, y)) * len(x)
+                                            for x, y in batches) / n
+                out[k] = total / self.options.derive_paths
+        return out
 
     def epoch_end(self, ctx: LoopContext) -> dict[str, Any]:
         rec = {**self.alpha_record(), "expected_macs": float(self.expected_macs()), "paths": self.diagnostics_record()}
