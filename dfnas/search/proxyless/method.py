@@ -108,6 +108,13 @@ def binary_gate_alpha_grad(gate_grad: torch.Tensor, probs: torch.Tensor) -> torc
     return jac @ gate_grad
 
 
+def connected_mask(options: list[str]) -> torch.Tensor:
+    """(n,) float64 mask of the options other than ``none``, the op that cuts an edge (all of them where nothing
+    else is left): what a measured derivation may draw and derive."""
+    keep = torch.tensor([o != "none" for o in options], dtype=torch.float64)
+    return keep if float(keep.sum()) > 0 else torch.ones(len(options), dtype=torch.float64)
+
+
 @register_method
 class ProxylessMethod(AlphaMethod):
     name = "proxyless"
@@ -291,11 +298,6 @@ class ProxylessMethod(AlphaMethod):
         dec = self.space.decisions()
         return Arch.of(self.space.name, {k: dec[k][int(loss.argmin())] for k, loss in losses.items()})
 
-    def _connected(self, options: list[str]) -> torch.Tensor:
-        """(n,) float64 mask of the options other than ``none`` (all of them where nothing else is left)."""
-        keep = torch.tensor([o != "none" for o in options], dtype=torch.float64)
-        return keep if float(keep.sum()) > 0 else torch.ones(len(options), dtype=torch.float64)
-
     @torch.no_grad()
     def measured_losses(self, ctx: LoopContext) -> dict[str, torch.Tensor]:
         """Per decision (n,): the trained supernet's held-out loss with each option (inf for ``none``), averaged
@@ -307,7 +309,7 @@ class ProxylessMethod(AlphaMethod):
             raise ConfigError("proxyless.derive 'measured' needs a held-out split (set held_out > 0)")
         dec = self.space.decisions()
         fair = self.options.sampling == "fair"
-        draw = {k: self._connected(dec[k]) * (1.0 if fair else torch.softmax(self.alphas[k].detach().cpu().double(), 0))
+        draw = {k: connected_mask(dec[k]) * (1.0 if fair else torch.softmax(self.alphas[k].detach().cpu().double(), 0))
                 for k in self.keys}  # (n,) unnormalized probabilities of the options the other decisions take
         cap = ctx.cfg.eval_max_batches or None  # the loop's held-out evaluation size (0 or None: every batch)
         batches = list(islice(iterate_batches(ctx.held_out, ctx.cfg.eval_batch_size, None, augment=False,
@@ -318,7 +320,7 @@ class ProxylessMethod(AlphaMethod):
         ctx.model.train()
         with frozen_running_stats(ctx.model):
             for k in self.keys:
-                keep = self._connected(dec[k])
+                keep = connected_mask(dec[k])
                 total = torch.where(keep > 0, 0.0, math.inf)
                 for _ in range(self.options.derive_paths):
                     rest = {q: dec[q][int(torch.multinomial(draw[q], 1, generator=gen))] for q in self.keys}
