@@ -108,7 +108,7 @@ def run_cell(ds: Any, source: str, variant: str, seed: int, budget: sq.Budget, r
     res = run_search(cell_config(budget, variant, seed), ds, out, device="cpu", progress=progress)
     gt = table.lookup(res.arch)
     ops = list(res.arch.as_dict().values())
-    exact = (exact_edge_losses(cell_config(budget, variant, seed), ds, out, EXACT_PATHS, seed, table)
+    exact = (exact_edge_losses(cell_config(budget, variant, seed), ds, res.model, EXACT_PATHS, seed, table)
              if variant in EXACT_VARIANTS else {})
     return {"source": source, "variant": variant, "seed": seed, "arch": str(res.arch),
             "nb201_cifar10": gt["cifar10"], "parameter_free_edges": sum(o in PARAMETER_FREE for o in ops),
@@ -116,9 +116,9 @@ def run_cell(ds: Any, source: str, variant: str, seed: int, budget: sq.Budget, r
             **aggregate(out / "log.jsonl"), **exact}
 
 
-def exact_edge_losses(cfg: dict[str, Any], ds: Any, run_dir: Path, n_paths: int, seed: int,
+def exact_edge_losses(cfg: dict[str, Any], ds: Any, model: Any, n_paths: int, seed: int,
                       table: Any) -> dict[str, Any]:
-    """The finished search's supernet (``run_dir``'s checkpoint) measured without the estimator.
+    """The finished search's supernet (``model``, as ``run_search`` returns it) measured without the estimator.
 
     Per edge: ``n_paths`` random choices of the other edges (options other than ``none``, so the cell stays
     connected), each evaluated with every option on the edge (common random numbers), on all held-out images
@@ -133,9 +133,7 @@ def exact_edge_losses(cfg: dict[str, Any], ds: Any, run_dir: Path, n_paths: int,
     from dfnas.search.bn import frozen_running_stats
     from dfnas.spaces.base import Arch
 
-    setup = prepare_search(cfg, ds, device="cpu", progress=False)
-    model = setup.build_method().build_model()
-    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
+    setup = prepare_search(cfg, ds, device="cpu", progress=False)  # the search's held-out split and criterion
     criterion = setup.criterion()
     x, y = next(iterate_batches(setup.held, len(setup.held), None, augment=False))  # (H, 3, 32, 32), (H, ...)
     dec = setup.space.decisions()
