@@ -309,7 +309,8 @@ class ProxylessMethod(AlphaMethod):
             raise ConfigError("proxyless.derive 'measured' needs a held-out split (set held_out > 0)")
         dec = self.space.decisions()
         fair = self.options.sampling == "fair"
-        draw = {k: connected_mask(dec[k]) * (1.0 if fair else torch.softmax(self.alphas[k].detach().cpu().double(), 0))
+        keep = {k: connected_mask(dec[k]) for k in self.keys}  # (n,) the options drawn and derived
+        draw = {k: keep[k] * (1.0 if fair else torch.softmax(self.alphas[k].detach().cpu().double(), 0))
                 for k in self.keys}  # (n,) unnormalized probabilities of the options the other decisions take
         cap = ctx.cfg.eval_max_batches or None  # the loop's held-out evaluation size (0 or None: every batch)
         batches = list(islice(iterate_batches(ctx.held_out, ctx.cfg.eval_batch_size, None, augment=False,
@@ -320,12 +321,11 @@ class ProxylessMethod(AlphaMethod):
         ctx.model.train()
         with frozen_running_stats(ctx.model):
             for k in self.keys:
-                keep = connected_mask(dec[k])
-                total = torch.where(keep > 0, 0.0, math.inf)
+                total = torch.where(keep[k] > 0, 0.0, math.inf)
                 for _ in range(self.options.derive_paths):
                     rest = {q: dec[q][int(torch.multinomial(draw[q], 1, generator=gen))] for q in self.keys}
                     for j, option in enumerate(dec[k]):
-                        if keep[j] > 0:
+                        if keep[k][j] > 0:
                             ctx.model.set_path(Arch.of(self.space.name, {**rest, k: option}))
                             total[j] += sum(float(ctx.criterion(ctx.model(x), x, y)) * len(x)
                                             for x, y in batches) / n
