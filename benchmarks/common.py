@@ -13,6 +13,7 @@ refuses to mix it in rather than silently reporting stale numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -46,6 +47,10 @@ class Source:
     kind: str  # "real" (labelled real images) | "synthesis" (dfnas.synthesis method)
     synthesis: dict[str, Any] = field(default_factory=dict)  # SynthesisConfig fields over the budget's preset
     control: bool = False  # a control outside the brief's grid: run only when named in --sources
+    # > 0: the budget's images are a uniform draw (seed DATA_SEED) from one run of this many images of the same
+    # synthesis, i.e. the images a fast method delivers at its streaming rate (a short run of its own spends most
+    # of its time warming up and keeps its first images)
+    stream: int = 0
 
 
 # Order = order of rows in every table and plot.
@@ -56,6 +61,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("real_kd", "real (JPEG), teacher labels", "synthesis", {"method": "real_teacher"}, control=True),
     Source("full", "full synthesis", "synthesis", {"method": "full"}),
     Source("generator", "few-step generator", "synthesis", {"method": "generator"}),
+    Source("generator_stream", "few-step generator, drawn from a 50,000-image run", "synthesis",
+           {"method": "generator"}, control=True, stream=50000),
     # the synthesis preset whose calibration rounds carry the teacher's class similarities (calibration.py,
     # setting full_T4_T16_noregion): a data-free source outside the grid, run when named
     Source("calibrated", "full synthesis, `calibrated` preset (no regional update)", "synthesis",
@@ -435,25 +442,37 @@ def prepare_source(name: str, budget: DataBudget, work: Path, progress: bool = T
     from dfnas.synthesis import synthesize
 
     src = SOURCES[name]
+    if src.stream and src.stream < budget.n_images:
+        raise DfnasError(f"source {name!r} draws {budget.n_images} images from a {src.stream}-image run")
     root = budget.root(work)
     t0 = time.perf_counter()
     real_npz = real_subset(budget.n_images, root)
+    run = dataclasses.replace(budget, n_images=src.stream) if src.stream else budget  # the synthesis run
     if src.kind == "real":
         ds = read_real(real_npz)
         made = False
     else:
-        out = root / name
+        out = run.root(work) / name
         made = not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text()).get(
             "complete", False)
         if made:
-            log(f"synthesizing source {name!r} ({budget.n_images} images) into {out}")
-        synthesize(synthesis_config(src, budget, real_npz), out, teacher=teacher(), device="cpu",
+            log(f"synthesizing source {name!r} ({run.n_images} images) into {out}")
+        synthesize(synthesis_config(src, run, real_npz), out, teacher=teacher(), device="cpu",
                    progress=progress)
         ds = open_dataset(out)
+        if src.stream:
+            ds = ds.subset(stream_draw(src.stream, budget.n_images))
     ds.info["benchmark_source"] = name
-    seconds = time.perf_counter() - t0 if made else 0.0
+    # a stream's images cost their share of the run's time
+    seconds = (time.perf_counter() - t0) * len(ds) / run.n_images if made else 0.0
     return ds, {"source": name, "label": src.label, "n": len(ds), "label_mode": ds.label_mode,
-                "make_seconds": round(seconds, 1)}
+                "make_seconds": round(seconds, 1), **({"stream_images": src.stream} if src.stream else {})}
+
+
+def stream_draw(stream: int, n: int) -> torch.Tensor:
+    """(n,) sorted indices drawn uniformly without replacement from a run of ``stream`` images (seed DATA_SEED)."""
+    g = torch.Generator().manual_seed(DATA_SEED)
+    return torch.randperm(stream, generator=g)[:n].sort().values
 
 
 def put_source_info(root: Path, name: str, info: dict[str, Any]) -> None:

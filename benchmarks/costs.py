@@ -6,6 +6,7 @@ and with the cores to itself, so a user knows whether a run fits their afternoon
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -105,14 +106,14 @@ def synthesis_estimate(names: Iterable[str], budget: DataBudget, work: Path, cal
     total = 0.0
     for name in names:
         src = SOURCES[name]
-        out = budget.root(work) / name
+        n = src.stream or budget.n_images  # a stream source makes its whole run
+        out = dataclasses.replace(budget, n_images=n).root(work) / name
         if src.kind == "real" or (out / "manifest.json").is_file() and json.loads(
                 (out / "manifest.json").read_text()).get("complete", False):
             continue
-        cfg = make_config(budget.synth_preset, None, **{**budget.synth_overrides, **src.synthesis,
-                                                         "num_images": budget.n_images})
+        cfg = make_config(budget.synth_preset, None, **{**budget.synth_overrides, **src.synthesis, "num_images": n})
         # the method's steps per shard = the steps each of its images is optimized for, whatever the split into
         # rounds and shards (`steps` for inversion; 1 for the baselines, which only label their images)
         steps = SYNTHESIS_METHODS.build(cfg.method).steps_per_shard(cfg)
-        total += budget.n_images * steps * cal.teacher_step
+        total += n * steps * cal.teacher_step
     return total

@@ -399,3 +399,41 @@ def test_proxyless_diagnosis_measures_the_supernet_without_the_estimator(tmp_pat
     with pytest.raises(SystemExit):
         pd.main([*args[:-1], "identity,bogus"])
     assert "bogus" in capsys.readouterr().err
+
+
+def test_stream_source_draws_its_images_from_one_longer_run(tmp_path, monkeypatch):
+    from dfnas.assets import asset_path
+
+    if asset_path("cifar10", "jpeg", "train") is None:
+        pytest.skip("shared assets (CIFAR-10 JPEG) not found")
+    import torch
+
+    common = _load("common")
+    idx = common.stream_draw(50, 10)
+    assert torch.equal(idx, common.stream_draw(50, 10))  # seeded: the same draw every time
+    assert len(set(idx.tolist())) == 10 and idx.tolist() == sorted(idx.tolist()) and 0 <= int(idx.min())
+    assert int(idx.max()) < 50
+    # a stream of 40 noise images; the budget asks for 10 of them
+    monkeypatch.setitem(common.SOURCES, "noise_stream", common.Source("noise_stream", "noise, drawn", "synthesis",
+                                                                      {"method": "noise"}, stream=40))
+    budget = common.DataBudget(10, "tiny")
+    ds, info = common.prepare_source("noise_stream", budget, tmp_path, progress=False)
+    from dfnas.data import open_dataset
+
+    run = open_dataset(tmp_path / "data" / "n40" / "noise_stream")
+    assert len(run) == 40 and len(ds) == 10 and info["n"] == 10 and info["stream_images"] == 40
+    assert torch.equal(ds.images, run.images[common.stream_draw(40, 10)])
+    assert torch.equal(ds.targets, run.targets[common.stream_draw(40, 10)])
+    with pytest.raises(common.DfnasError, match="draws 50 images from a 40-image run"):
+        common.prepare_source("noise_stream", common.DataBudget(50, "tiny"), tmp_path, progress=False)
+
+
+def test_wallclock_cells_share_their_variants_make_time():
+    wc = _load("datafree_wallclock")
+    cells = [{"variant": "full_kd", "source": "full", "seed": 0, "make_seconds": 600.0},
+             {"variant": "full_kd", "source": "full", "seed": 1, "make_seconds": 0.0},  # trained on the cached copy
+             {"variant": "real_hard", "source": "real", "seed": 0, "make_seconds": 0.0},
+             {"variant": "generator_kd", "source": "generator", "seed": 0, "make_seconds": 0.0}]
+    out = wc.with_make_seconds(cells)
+    assert [c["make_seconds"] for c in out] == [600.0, 600.0, 0.0, 0.0]  # real costs nothing; no time, none made up
+    assert cells[1]["make_seconds"] == 0.0  # the stored cells are not changed
