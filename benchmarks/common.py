@@ -51,6 +51,14 @@ class Source:
     # synthesis, i.e. the images a fast method delivers at its streaming rate (a short run of its own spends most
     # of its time warming up and keeps its first images)
     stream: int = 0
+    # how a stream's images are drawn: "uniform"; "agreed": n / K per target class among the images the teacher
+    # assigns to their target (ImageSet.agreed_subset)
+    select: str = "uniform"
+    run_dir: str | None = None  # folder of its synthesis run under data/n<N>/ (None: its name); shared by draws
+
+    @property
+    def folder(self) -> str:
+        return self.run_dir or self.name
 
 
 # Order = order of rows in every table and plot.
@@ -63,6 +71,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("generator", "few-step generator", "synthesis", {"method": "generator"}),
     Source("generator_stream", "few-step generator, drawn from a 50,000-image run", "synthesis",
            {"method": "generator"}, control=True, stream=50000),
+    Source("generator_stream_agreed", "few-step generator, drawn from a 50,000-image run among the images the "
+           "teacher assigns to their target, class-balanced", "synthesis", {"method": "generator"}, control=True,
+           stream=50000, select="agreed", run_dir="generator_stream"),
     # the synthesis preset whose calibration rounds carry the teacher's class similarities (calibration.py,
     # setting full_T4_T16_noregion): a data-free source outside the grid, run when named
     Source("calibrated", "full synthesis, `calibrated` preset (no regional update)", "synthesis",
@@ -452,7 +463,7 @@ def prepare_source(name: str, budget: DataBudget, work: Path, progress: bool = T
         ds = read_real(real_npz)
         made = False
     else:
-        out = run.root(work) / name
+        out = run.root(work) / src.folder
         made = not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text()).get(
             "complete", False)
         if made:
@@ -460,7 +471,9 @@ def prepare_source(name: str, budget: DataBudget, work: Path, progress: bool = T
         synthesize(synthesis_config(src, run, real_npz), out, teacher=teacher(), device="cpu",
                    progress=progress)
         ds = open_dataset(out)
-        if src.stream:
+        if src.select == "agreed":
+            ds = ds.agreed_subset(budget.n_images, torch.Generator().manual_seed(DATA_SEED))
+        elif src.stream:
             ds = ds.subset(stream_draw(src.stream, budget.n_images))
     ds.info["benchmark_source"] = name
     # a stream's images cost their share of the run's time

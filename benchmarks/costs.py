@@ -107,7 +107,7 @@ def synthesis_estimate(names: Iterable[str], budget: DataBudget, work: Path, cal
     for name in names:
         src = SOURCES[name]
         n = src.stream or budget.n_images  # a stream source makes its whole run
-        out = dataclasses.replace(budget, n_images=n).root(work) / name
+        out = dataclasses.replace(budget, n_images=n).root(work) / src.folder
         if src.kind == "real" or (out / "manifest.json").is_file() and json.loads(
                 (out / "manifest.json").read_text()).get("complete", False):
             continue

@@ -413,6 +413,8 @@ def test_stream_source_draws_its_images_from_one_longer_run(tmp_path, monkeypatc
     assert torch.equal(idx, common.stream_draw(50, 10))  # seeded: the same draw every time
     assert len(set(idx.tolist())) == 10 and idx.tolist() == sorted(idx.tolist()) and 0 <= int(idx.min())
     assert int(idx.max()) < 50
+    # both draws from the generator's 50,000-image run read the one run
+    assert common.SOURCES["generator_stream_agreed"].folder == common.SOURCES["generator_stream"].folder
     # a stream of 40 noise images; the budget asks for 10 of them
     monkeypatch.setitem(common.SOURCES, "noise_stream", common.Source("noise_stream", "noise, drawn", "synthesis",
                                                                       {"method": "noise"}, stream=40))

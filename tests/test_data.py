@@ -161,3 +161,25 @@ def test_mix_needs_an_online_teacher(tmp_path):
                  tmp_path, torch.device("cpu"), "h", seed=0, progress=False)
     with pytest.raises(ConfigError, match="mix 'blend' is not one of"):
         LoopConfig(mix="blend").check()
+
+
+def test_agreed_subset_keeps_only_recognized_images_class_balanced():
+    # 3 classes x 6 images; targets cycle 0,1,2; the teacher agrees on images 0..11 and disagrees on 12..17
+    n, k = 18, 3
+    target = torch.arange(n) % k
+    pred = torch.where(torch.arange(n) < 12, target, (target + 1) % k)
+    logits = torch.nn.functional.one_hot(pred, k).float() * 5.0
+    ds = ImageSet(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.nn.functional.one_hot(target, k).float(), 8,
+                  ["a", "b", "c"], logits, label_mode="distill")
+    sub = ds.agreed_subset(9, torch.Generator().manual_seed(0))
+    assert len(sub) == 9
+    assert torch.bincount(sub.targets.argmax(1), minlength=k).tolist() == [3, 3, 3]
+    assert torch.equal(sub.logits.argmax(1), sub.targets.argmax(1))  # every kept image is recognized
+    again = ds.agreed_subset(9, torch.Generator().manual_seed(0))
+    assert torch.equal(sub.logits, again.logits) and torch.equal(sub.targets, again.targets)
+    with pytest.raises(DataError, match=r"class 0 \(a\) has 4 images the teacher assigns to it, fewer than the 5"):
+        ds.agreed_subset(15, torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match="not a positive multiple of 3"):
+        ds.agreed_subset(10, torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match="needs stored teacher logits"):
+        ImageSet(ds.images, ds.targets, 8, ds.class_names).agreed_subset(3, torch.Generator().manual_seed(0))

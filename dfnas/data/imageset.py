@@ -70,6 +70,25 @@ class ImageSet:
                         None if self.logits is None else self.logits[idx], self.rounds[idx],
                         self.label_mode, dict(self.info))
 
+    def agreed_subset(self, n: int, generator: torch.Generator) -> ImageSet:
+        """``n`` images, ``n / K`` per target class (argmax of the targets), drawn uniformly among those whose
+        stored teacher logits pick their target class: the images the teacher recognizes, class-balanced."""
+        k = self.num_classes
+        if self.logits is None:
+            raise DataError("agreed_subset needs stored teacher logits; this dataset has none")
+        if n < 1 or n % k:
+            raise DataError(f"agreed_subset takes n / {k} images per class; n={n} is not a positive multiple of {k}")
+        target = self.targets.argmax(1)  # (N,)
+        agreed = self.logits.argmax(1) == target  # (N,)
+        picked = []
+        for c in range(k):
+            pool = torch.nonzero(agreed & (target == c)).flatten()
+            if len(pool) < n // k:
+                raise DataError(f"class {c} ({self.class_names[c]}) has {len(pool)} images the teacher assigns to "
+                                f"it, fewer than the {n // k} asked for")
+            picked.append(pool[torch.randperm(len(pool), generator=generator)[: n // k]])
+        return self.subset(torch.cat(picked).sort().values)
+
     def split(self, held_out: float, generator: torch.Generator) -> tuple[ImageSet, ImageSet]:
         """Random (train, held-out) split; ``held_out`` is a fraction in (0, 1)."""
         n = len(self)
