@@ -21,7 +21,10 @@ For the ``identity`` and ``identity_fair`` cells (added later; the earlier cells
 supernet is also measured without the estimator (``exact_edge_losses``): per edge and op, the held-out loss with
 that op on the edge, averaged over random choices of the other edges, and the cell that takes each edge's
 lowest-loss op. If that cell is no better than the search's, the estimator's noise is not what limits the search;
-the supernet is.
+the supernet is. They also record the BatchNorm statistics of the found cell's path (``bn_path_statistics``): how
+far the running statistics, accumulated over every path the weight steps sampled, sit from that path's own batch
+statistics on the held-out images, and the held-out loss with each. Cells stored before this measurement get it
+from their finished run directory (the search is not run again).
 """
 
 from __future__ import annotations
@@ -108,12 +111,27 @@ def run_cell(ds: Any, source: str, variant: str, seed: int, budget: sq.Budget, r
     res = run_search(cell_config(budget, variant, seed), ds, out, device="cpu", progress=progress)
     gt = table.lookup(res.arch)
     ops = list(res.arch.as_dict().values())
-    exact = (exact_edge_losses(cell_config(budget, variant, seed), ds, res.model, EXACT_PATHS, seed, table)
+    exact = ({**exact_edge_losses(cell_config(budget, variant, seed), ds, res.model, EXACT_PATHS, seed, table),
+              **bn_path_statistics(cell_config(budget, variant, seed), ds, res.model, res.arch)}
              if variant in EXACT_VARIANTS else {})
     return {"source": source, "variant": variant, "seed": seed, "arch": str(res.arch),
             "nb201_cifar10": gt["cifar10"], "parameter_free_edges": sum(o in PARAMETER_FREE for o in ops),
             "weight_steps": res.result.get("weight_steps"), "wall_s": round(time.perf_counter() - t0, 2),
             **aggregate(out / "log.jsonl"), **exact}
+
+
+def with_bn_statistics(rec: dict[str, Any], ds: Any, budget: sq.Budget, runs: Path) -> dict[str, Any]:
+    """A stored cell with ``bn_path_statistics`` added, measured on its run directory's finished supernet
+    (``run_search`` returns a finished run at once; a missing one is searched again, to the same bytes)."""
+    from dfnas.search import run_search
+
+    s, v, k = rec["source"], rec["variant"], rec["seed"]
+    cfg = cell_config(budget, v, k)
+    res = run_search(cfg, ds, runs / s / v / common.run_name(f"seed{k}", cell_hash(budget, v, k)), device="cpu",
+                     progress=False)
+    if str(res.arch) != rec["arch"]:
+        raise common.DfnasError(f"the run of cell {s}/{v}/seed{k} found {res.arch}, the stored cell {rec['arch']}")
+    return {**rec, **bn_path_statistics(cfg, ds, res.model, res.arch)}
 
 
 def exact_edge_losses(cfg: dict[str, Any], ds: Any, model: Any, n_paths: int, seed: int,
@@ -156,6 +174,49 @@ def exact_edge_losses(cfg: dict[str, Any], ds: Any, model: Any, n_paths: int, se
                                       for k, e in edges.items()})
     return {"exact_edges": edges, "exact_cell": str(cell), "exact_cell_nb201": table.lookup(cell)["cifar10"],
             "exact_paths": n_paths}
+
+
+def bn_path_statistics(cfg: dict[str, Any], ds: Any, model: Any, arch: Any) -> dict[str, Any]:
+    """The BatchNorm statistics of path ``arch`` in the finished supernet ``model``, on the search's held-out split.
+
+    Per BatchNorm layer on the path: the batch mean and variance of its input (H images) against its running
+    statistics, which the weight steps accumulated over every path they sampled. Returns the layer count, the mean
+    over layers of |batch mean - running mean| / running std (averaged over channels), of |log(batch var /
+    running var)|, and the held-out loss with running statistics (eval mode) and with batch statistics (train
+    mode, as architecture steps and the measured derivation use; running statistics left untouched).
+    """
+    import torch
+
+    from dfnas.data.imageset import iterate_batches
+    from dfnas.search.api import prepare_search
+    from dfnas.search.bn import frozen_running_stats
+
+    setup = prepare_search(cfg, ds, device="cpu", progress=False)
+    criterion = setup.criterion()
+    x, y = next(iterate_batches(setup.held, len(setup.held), None, augment=False))  # (H, 3, 32, 32), (H, ...)
+    model.set_path(arch)
+    shift: list[float] = []
+    log_var: list[float] = []
+
+    def hook(bn: Any, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
+        a = inputs[0].detach()  # (H, C, h, w) on the path; layers off the path do not run
+        mean, var = a.mean((0, 2, 3)), a.var((0, 2, 3), unbiased=False)  # (C,)
+        shift.append(float(((mean - bn.running_mean).abs() / (bn.running_var + bn.eps).sqrt()).mean()))
+        log_var.append(float(((var + bn.eps).log() - (bn.running_var + bn.eps).log()).abs().mean()))
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None]
+    handles = [m.register_forward_hook(hook) for m in bns]
+    with torch.no_grad():
+        model.eval()
+        loss_running = float(criterion(model(x), x, y))
+        for h in handles:
+            h.remove()
+        model.train()
+        with frozen_running_stats(model):
+            loss_batch = float(criterion(model(x), x, y))
+    return {"bn_layers": len(shift), "bn_mean_shift": round(sum(shift) / max(1, len(shift)), 4),
+            "bn_log_var_ratio": round(sum(log_var) / max(1, len(log_var)), 4),
+            "held_out_loss_running_stats": round(loss_running, 4), "held_out_loss_batch_stats": round(loss_batch, 4)}
 
 
 def summarize(cells: list[dict[str, Any]], budget_name: str) -> tuple[dict[str, Any], str]:
@@ -238,6 +299,16 @@ def exact_section(cells: list[dict[str, Any]]) -> list[str]:
             out.append(common.md_table(["", *OPS], [["op − edge mean", *(f"{gap[o]:+.4f}" for o in OPS)],
                                                     ["paired sd", *(f"{sd[o]:.4f}" for o in OPS)]]))
             out.append("")
+            if all("bn_layers" in c for c in cs):
+                out.append("BatchNorm statistics of the search's cell on its path (per seed): running against batch "
+                           "statistics on the held-out images, and the held-out loss with each\n")
+                out.append(common.md_table(
+                    ["seed", "BN layers", "mean |Δmean| / running std", "mean |log(var / running var)|",
+                     "loss, running stats", "loss, batch stats"],
+                    [[c["seed"], c["bn_layers"], f"{c['bn_mean_shift']:.2f}", f"{c['bn_log_var_ratio']:.2f}",
+                      f"{c['held_out_loss_running_stats']:.2f}", f"{c['held_out_loss_batch_stats']:.2f}"]
+                     for c in cs]))
+                out.append("")
     return out
 
 
@@ -302,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
             rec = run_cell(datasets[s], s, v, k, budget, runs, table, not args.quiet)
             store.put(rec, s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k))
             common.log(f"  found {rec['arch']} -> {rec['nb201_cifar10']:.2f}%")
+        for s, v, k in grid:  # cells stored before the BatchNorm measurement: measured on their finished run
+            rec = store.get(s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k))
+            if v in variants and v in EXACT_VARIANTS and rec is not None and "bn_layers" not in rec:
+                if s not in datasets:
+                    datasets[s], _ = common.prepare_source(s, budget.data, work, not args.quiet)
+                store.put(with_bn_statistics(rec, datasets[s], budget, runs), s, v, f"seed{k}",
+                          cell_hash=cell_hash(budget, v, k))
     cells = [c for s, v, k in grid if (c := store.get(s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k)))]
     summary, md = summarize(cells, args.budget)
     common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ProxylessNAS diagnosis",

@@ -390,6 +390,19 @@ def test_proxyless_diagnosis_measures_the_supernet_without_the_estimator(tmp_pat
         cell = NB201Space.parse(c["exact_cell"])
         assert cell.as_dict() == lowest
         assert c["exact_cell_nb201"] == table.lookup(cell)["cifar10"]
+        # the BatchNorm statistics of the found cell's path: running against batch statistics
+        assert c["bn_layers"] > 0 and c["bn_mean_shift"] >= 0 and c["bn_log_var_ratio"] >= 0
+        assert math.isfinite(c["held_out_loss_running_stats"]) and c["held_out_loss_batch_stats"] > 0
+
+    # a cell stored before the BatchNorm measurement gets it from its finished run, to the same numbers
+    bn_keys = ("bn_layers", "bn_mean_shift", "bn_log_var_ratio", "held_out_loss_running_stats",
+               "held_out_loss_batch_stats")
+    stored = tmp_path / "w" / "smoke" / "proxyless_diagnosis" / "cells" / "full" / "identity" / "seed0.json"
+    rec = json.loads(stored.read_text())
+    stored.write_text(json.dumps({k: v for k, v in rec.items() if k not in bn_keys}))
+    assert pd.main(args) == 0
+    again = json.loads(stored.read_text())
+    assert {k: again[k] for k in bn_keys} == {k: rec[k] for k in bn_keys}
 
     def no_search(*a, **k):
         raise AssertionError("a stored cell was searched again")
