@@ -208,9 +208,11 @@ def bn_path_statistics(cfg: dict[str, Any], ds: Any, model: Any, arch: Any) -> d
     handles = [m.register_forward_hook(hook) for m in bns]
     with torch.no_grad():
         model.eval()
-        loss_running = float(criterion(model(x), x, y))
-        for h in handles:
-            h.remove()
+        try:
+            loss_running = float(criterion(model(x), x, y))
+        finally:  # the hooks must not outlive this measurement
+            for h in handles:
+                h.remove()
         model.train()
         with frozen_running_stats(model):
             loss_batch = float(criterion(model(x), x, y))
@@ -301,9 +303,10 @@ def exact_section(cells: list[dict[str, Any]]) -> list[str]:
             out.append("")
             if all("bn_layers" in c for c in cs):
                 out.append("BatchNorm statistics of the search's cell on its path (per seed): running against batch "
-                           "statistics on the held-out images, and the held-out loss with each\n")
+                           "statistics on the held-out images (mean over the path's layers and channels), and the "
+                           "held-out loss with each\n")
                 out.append(common.md_table(
-                    ["seed", "BN layers", "mean |Δmean| / running std", "mean |log(var / running var)|",
+                    ["seed", "BN layers", "abs(Δmean) / running std", "abs(log(var / running var))",
                      "loss, running stats", "loss, batch stats"],
                     [[c["seed"], c["bn_layers"], f"{c['bn_mean_shift']:.2f}", f"{c['bn_log_var_ratio']:.2f}",
                       f"{c['held_out_loss_running_stats']:.2f}", f"{c['held_out_loss_batch_stats']:.2f}"]
