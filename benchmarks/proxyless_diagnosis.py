@@ -107,17 +107,35 @@ def run_cell(ds: Any, source: str, variant: str, seed: int, budget: sq.Budget, r
     from dfnas.search import run_search
 
     t0 = time.perf_counter()
-    out = runs / source / variant / common.run_name(f"seed{seed}", cell_hash(budget, variant, seed))
-    res = run_search(cell_config(budget, variant, seed), ds, out, device="cpu", progress=progress)
+    cfg, out = cell_config(budget, variant, seed), cell_run_dir(runs, source, variant, seed, budget)
+    res = run_search(cfg, ds, out, device="cpu", progress=progress)
     gt = table.lookup(res.arch)
     ops = list(res.arch.as_dict().values())
-    exact = ({**exact_edge_losses(cell_config(budget, variant, seed), ds, res.model, EXACT_PATHS, seed, table),
-              **bn_path_statistics(cell_config(budget, variant, seed), ds, res.model, res.arch)}
-             if variant in EXACT_VARIANTS else {})
+    exact: dict[str, Any] = {}
+    if variant in EXACT_VARIANTS:
+        held = held_out(cfg, ds)
+        exact = {**exact_edge_losses(held, res.model, EXACT_PATHS, seed, table),
+                 **bn_path_statistics(held, res.model, res.arch)}
     return {"source": source, "variant": variant, "seed": seed, "arch": str(res.arch),
             "nb201_cifar10": gt["cifar10"], "parameter_free_edges": sum(o in PARAMETER_FREE for o in ops),
             "weight_steps": res.result.get("weight_steps"), "wall_s": round(time.perf_counter() - t0, 2),
             **aggregate(out / "log.jsonl"), **exact}
+
+
+def cell_run_dir(runs: Path, source: str, variant: str, seed: int, budget: sq.Budget) -> Path:
+    """The run directory of one cell."""
+    return runs / source / variant / common.run_name(f"seed{seed}", cell_hash(budget, variant, seed))
+
+
+def held_out(cfg: dict[str, Any], ds: Any) -> tuple[Any, Any, Any, Any]:
+    """(setup, criterion, x, y): the search's own split, space and criterion, and all its held-out images
+    as one batch, x (H, 3, 32, 32) and y (H, ...): what the measurements of a finished supernet run on."""
+    from dfnas.data.imageset import iterate_batches
+    from dfnas.search.api import prepare_search
+
+    setup = prepare_search(cfg, ds, device="cpu", progress=False)
+    x, y = next(iterate_batches(setup.held, len(setup.held), None, augment=False))
+    return setup, setup.criterion(), x, y
 
 
 def with_bn_statistics(rec: dict[str, Any], ds: Any, budget: sq.Budget, runs: Path) -> dict[str, Any]:
@@ -127,14 +145,13 @@ def with_bn_statistics(rec: dict[str, Any], ds: Any, budget: sq.Budget, runs: Pa
 
     s, v, k = rec["source"], rec["variant"], rec["seed"]
     cfg = cell_config(budget, v, k)
-    res = run_search(cfg, ds, runs / s / v / common.run_name(f"seed{k}", cell_hash(budget, v, k)), device="cpu",
-                     progress=False)
+    res = run_search(cfg, ds, cell_run_dir(runs, s, v, k, budget), device="cpu", progress=False)
     if str(res.arch) != rec["arch"]:
         raise common.DfnasError(f"the run of cell {s}/{v}/seed{k} found {res.arch}, the stored cell {rec['arch']}")
-    return {**rec, **bn_path_statistics(cfg, ds, res.model, res.arch)}
+    return {**rec, **bn_path_statistics(held_out(cfg, ds), res.model, res.arch)}
 
 
-def exact_edge_losses(cfg: dict[str, Any], ds: Any, model: Any, n_paths: int, seed: int,
+def exact_edge_losses(held: tuple[Any, Any, Any, Any], model: Any, n_paths: int, seed: int,
                       table: Any) -> dict[str, Any]:
     """The finished search's supernet (``model``, as ``run_search`` returns it) measured without the estimator.
 
@@ -146,14 +163,10 @@ def exact_edge_losses(cfg: dict[str, Any], ds: Any, model: Any, n_paths: int, se
     """
     import torch
 
-    from dfnas.data.imageset import iterate_batches
-    from dfnas.search.api import prepare_search
     from dfnas.search.bn import frozen_running_stats
     from dfnas.spaces.base import Arch
 
-    setup = prepare_search(cfg, ds, device="cpu", progress=False)  # the search's held-out split and criterion
-    criterion = setup.criterion()
-    x, y = next(iterate_batches(setup.held, len(setup.held), None, augment=False))  # (H, 3, 32, 32), (H, ...)
+    setup, criterion, x, y = held  # the search's held-out split (as one batch) and criterion
     dec = setup.space.decisions()
     connected = {k: [o for o in opts if o != "none"] for k, opts in dec.items()}
     gen = torch.Generator().manual_seed(seed)
@@ -176,8 +189,9 @@ def exact_edge_losses(cfg: dict[str, Any], ds: Any, model: Any, n_paths: int, se
             "exact_paths": n_paths}
 
 
-def bn_path_statistics(cfg: dict[str, Any], ds: Any, model: Any, arch: Any) -> dict[str, Any]:
-    """The BatchNorm statistics of path ``arch`` in the finished supernet ``model``, on the search's held-out split.
+def bn_path_statistics(held: tuple[Any, Any, Any, Any], model: Any, arch: Any) -> dict[str, Any]:
+    """The BatchNorm statistics of path ``arch`` in the finished supernet ``model``, on the search's held-out split
+    (``held``, as ``held_out`` gives it).
 
     Per BatchNorm layer on the path: the batch mean and variance of its input (H images) against its running
     statistics, which the weight steps accumulated over every path they sampled. Returns the layer count, the mean
@@ -187,13 +201,9 @@ def bn_path_statistics(cfg: dict[str, Any], ds: Any, model: Any, arch: Any) -> d
     """
     import torch
 
-    from dfnas.data.imageset import iterate_batches
-    from dfnas.search.api import prepare_search
     from dfnas.search.bn import frozen_running_stats
 
-    setup = prepare_search(cfg, ds, device="cpu", progress=False)
-    criterion = setup.criterion()
-    x, y = next(iterate_batches(setup.held, len(setup.held), None, augment=False))  # (H, 3, 32, 32), (H, ...)
+    _, criterion, x, y = held
     model.set_path(arch)
     shift: list[float] = []
     log_var: list[float] = []
