@@ -74,6 +74,13 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("generator_stream_agreed", "few-step generator, drawn from a 50,000-image run among the images the "
            "teacher assigns to their target, class-balanced", "synthesis", {"method": "generator"}, control=True,
            stream=50000, select="agreed", run_dir="generator_stream"),
+    # the generator as `dfnas synthesize` makes recognized images: each image the teacher does not assign to its
+    # target is drawn again (synthesis.generator.redraws), at the budget's image count and in a 50,000-image run
+    Source("generator_redraw", "few-step generator, unrecognized images drawn again", "synthesis",
+           {"method": "generator", "generator": {"redraws": 8}}, control=True),
+    Source("generator_redraw_stream", "few-step generator, unrecognized images drawn again, drawn from a "
+           "50,000-image run", "synthesis", {"method": "generator", "generator": {"redraws": 8}}, control=True,
+           stream=50000),
     # the synthesis preset whose calibration rounds carry the teacher's class similarities (calibration.py,
     # setting full_T4_T16_noregion): a data-free source outside the grid, run when named
     Source("calibrated", "full synthesis, `calibrated` preset (no regional update)", "synthesis",

@@ -189,3 +189,55 @@ def test_normalized_output_has_the_teachers_input_statistics(tmp_path: Path, tea
     assert data_identity(man["config"], man["teacher"])["config"]["generator"]["output"] == "normalized"
     assert man["config"]["generator"]["output"] == "normalized"
     assert not torch.equal(read_synthetic(ds).images, read_synthetic(gen_dataset).images)
+
+
+def test_redraws_replace_unrecognized_images_and_keep_the_recognized_ones(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import dfnas.synthesis.runner as runner
+
+    # a toy teacher whose classes a briefly trained generator reaches only sometimes
+    teacher = toy_teacher(num_classes=4, input_size=8, seed=1)
+    fast = ("generator.lr=0.1", "generator.latent_lr=0.5")
+    plain = read_synthetic(_run(_cfg(*fast), tmp_path / "plain", teacher))
+    agree = plain.logits.argmax(1) == plain.targets.argmax(1)
+    assert 0 < int(agree[:8].sum()) < 8  # round 0: some first draws recognized, not all
+    out = _run(_cfg(*fast, "generator.redraws=6"), tmp_path / "redrawn", teacher)
+    ds = read_synthetic(out)
+    log = [json.loads(line) for line in (out / "synthesis_log.jsonl").read_text().splitlines()]
+    done = [r for r in log if r.get("event") == "shard_done"]
+    assert sum(r["redrawn_images"] for r in done) > 0
+    # the stored logits are the teacher's on the stored images (centre crops); the images still unrecognized
+    # are the ones the log counts
+    with torch.no_grad():
+        again = teacher(ds.images[:, :, 2:10, 2:10].float() / 255)
+    assert torch.allclose(ds.logits, again, atol=1e-5)
+    recognized = ds.logits.argmax(1) == ds.targets.argmax(1)
+    assert int((~recognized).sum()) == sum(r["unrecognized"] for r in done)
+    assert int(recognized[:8].sum()) > int(agree[:8].sum())  # round 0, same targets: more recognized
+    # redraws do not train the meta generator: round 0's images recognized at the first draw are unchanged
+    assert torch.equal(ds.targets[:8], plain.targets[:8])
+    assert torch.equal(ds.images[:8][agree[:8]], plain.images[:8][agree[:8]])
+    # a redrawing run resumes to the same bytes (the redraws draw from the shard's own generators)
+    real_write, calls = runner.write_shard, []
+
+    def killing_write(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_shard", killing_write)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(*fast, "generator.redraws=6"), resumed, teacher)
+    monkeypatch.setattr(runner, "write_shard", real_write)
+    _run(_cfg(*fast, "generator.redraws=6"), resumed, teacher)
+    a, b = _shards(out), _shards(resumed)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k][n], b[k][n]) for k in a for n in a[k])
+    # no redraws is the dataset it was before the option existed (same hash); redraws make another dataset
+    man, old = read_manifest(out), read_manifest(tmp_path / "plain")
+    assert man["config_hash"] != old["config_hash"] and man["config"]["generator"]["redraws"] == 6
+    assert "redraws" not in data_identity(old["config"], old["teacher"])["config"]["generator"]
+    with pytest.raises(ConfigError, match="generator.redraws must be >= 0"):
+        _cfg("generator.redraws=-1")

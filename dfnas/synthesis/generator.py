@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfnas.config import ADDED_LATER
 from dfnas.errors import ConfigError
 from dfnas.synthesis.losses import BNStatsLoss, LossWeights, inversion_loss
 from dfnas.synthesis.optimize import NonFiniteLossError, StepRecord, _draw_geometry, crop_region
@@ -53,8 +54,15 @@ class GeneratorConfig:
     # channel to the teacher's input mean/std, so every batch has the teacher's first-layer input statistics by
     # construction and no region saturates (stored images are clipped to [0, 1])
     output: str = "sigmoid"
+    # `dfnas synthesize` only: an image the teacher does not assign to its target class (centre crop, as stored)
+    # is drawn again, up to this many times, from the generator copy adapted to its batch with a fresh latent
+    # (``FewStepSynthesizer.sample``); 0 keeps every image as made. Redraws do not train the meta generator,
+    # so the images recognized at the first draw are those of a run without redraws
+    redraws: int = field(default=0, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
+        if self.redraws < 0:
+            raise ConfigError(f"synthesis.generator.redraws must be >= 0, got {self.redraws}")
         for name in ("steps", "warmup_steps", "latent_dim", "width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"synthesis.generator.{name} must be >= 1, got {getattr(self, name)}")
@@ -115,6 +123,9 @@ class ConditionalGenerator(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shape = (len(z), self.w2, self.init, self.init)
         h = self.norm0(self.fc(z).view(shape)) + self.embed(y).view(shape)  # (B, 2w, S/4, S/4)
+        # channels-last activations: the CPU convolutions of few channels run ~2x faster in that layout (measured
+        # at batch 250 on 2 cores: make_batch 140 -> 190 images/s with the teacher's input in it too)
+        h = h.contiguous(memory_format=torch.channels_last)
         if self.output == "normalized":  # per-channel standardized, then in pixel units (not clipped here)
             return self.out_norm(self.body(h)) * self.std + self.mean
         return torch.sigmoid(self.body(h))
@@ -160,6 +171,7 @@ class FewStepSynthesizer:
         self.meta_opt = torch.optim.Adam(self.meta.parameters(), lr=cfg.meta_lr, betas=(0.5, 0.999))
         self.bn_ema: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.batches = 0  # batches made so far (warm-up included)
+        self.adapted: nn.Module | None = None  # the meta generator's copy adapted to the last batch
 
     # -- one batch -------------------------------------------------------------------------------------
     def make_batch(self, targets: torch.Tensor, temperature: float, steps: int, z_gen: torch.Generator,
@@ -167,7 +179,8 @@ class FewStepSynthesizer:
                    on_log: Callable[[StepRecord], None] | None = None, log_every: int = 1,
                    where: str = "") -> torch.Tensor:
         """Adapt a copy of the meta generator to ``targets`` (B, K) for ``steps`` steps; update the meta
-        generator; return the batch's canvases (B, C, S, S) float in [0, 1], detached."""
+        generator; return the batch's canvases (B, C, S, S) float in [0, 1], detached. The adapted copy is
+        kept until the next batch (``sample``)."""
         device = targets.device
         b = len(targets)
         fast = copy.deepcopy(self.meta)
@@ -196,6 +209,7 @@ class FewStepSynthesizer:
                     x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
                 if do_flip:
                     x = x.flip(3)
+                x = x.contiguous(memory_format=torch.channels_last)  # the teacher's convolutions: see forward
                 total, terms, logits = inversion_loss(self.teacher, x, targets, temperature, self.weights, bn_loss)
                 if use_adv:
                     assert student is not None
@@ -219,8 +233,23 @@ class FewStepSynthesizer:
                 bn_loss.__exit__(None, None, None)
         self._reptile(fast)
         self.batches += 1
+        self.adapted = fast
         with torch.no_grad():
             return fast(z.detach(), targets).clamp_(0, 1)
+
+    @torch.no_grad()
+    def sample(self, targets: torch.Tensor, z_gen: torch.Generator) -> torch.Tensor:
+        """More canvases (M, C, S, S) in [0, 1] for ``targets`` (M, K) from the copy adapted to the last batch:
+        fresh latents, no steps, BatchNorm on its running statistics (so an image does not depend on the
+        others drawn with it). About a tenth of a batch's cost per image; the synthesizer's state is unchanged."""
+        if self.adapted is None:
+            raise RuntimeError("FewStepSynthesizer.sample() needs a batch made first (make_batch)")
+        z = torch.randn(len(targets), self.cfg.latent_dim, generator=z_gen, device=targets.device)
+        self.adapted.eval()
+        try:
+            return self.adapted(z, targets).clamp_(0, 1)
+        finally:
+            self.adapted.train()
 
     def warm_up(self, batches: int, steps: int, targets_of: Callable[[int], torch.Tensor], z_gen: torch.Generator,
                 geom_gen: torch.Generator, desc: str = "generator warm-up") -> None:

@@ -23,7 +23,7 @@ from dfnas.repro import derive_seed
 from dfnas.synthesis.config import SynthesisConfig
 from dfnas.synthesis.generator import FewStepSynthesizer
 from dfnas.synthesis.losses import LossWeights
-from dfnas.synthesis.optimize import StepRecord, optimize_batch, to_uint8
+from dfnas.synthesis.optimize import StepRecord, centre_crop, optimize_batch, to_uint8
 from dfnas.teachers.teacher import Teacher
 
 
@@ -81,6 +81,14 @@ class SynthesisMethod:
         """-> (images uint8 (N, C, canvas, canvas), targets float32 (N, K)) on ``ctx.device``."""
         raise NotImplementedError
 
+    def logits_for(self, ctx: ShardContext, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (N, K) on the images ``make_shard`` just returned, as a shard stores them."""
+        return teacher_logits(ctx.teacher, images, ctx.input_size)
+
+    def shard_info(self) -> dict[str, int]:
+        """Counts about the shard just made, for its log record (none by default)."""
+        return {}
+
     # -- state carried from shard to shard (stateless methods keep these no-ops) -----------------------
     def restore(self, ctx: ShardContext, out: Path, rank: int, config_hash: str) -> int | None:
         """For a method whose shards depend on earlier ones: load (or create) its state and return how many of
@@ -108,6 +116,13 @@ class SynthesisMethod:
 
 
 SYNTHESIS_METHODS: Registry[SynthesisMethod] = Registry("synthesis method")
+
+
+@torch.no_grad()
+def teacher_logits(teacher: Teacher, images: torch.Tensor, input_size: int, batch: int = 500) -> torch.Tensor:
+    """Logits (N, K) of the centre crops of uint8 canvases (N, C, H, W): what a reader of the shard sees."""
+    x = centre_crop(images, input_size).float().div(255.0)
+    return teacher.predict(x, batch)
 
 
 def round0_targets(start: int, count: int, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -174,9 +189,15 @@ class GeneratorMethod(SynthesisMethod):
     # with a per-batch latent-layer reset 28.7 %, 2.0 with the reset 30.7 %
     loss_defaults = {"ce_weight": 1.0, "bn_weight": 10.0, "first_bn_multiplier": 1.0, "tv_l2_weight": 0.0}
 
+    # a redraw draws each still unrecognized image of the shard at least once and at least this many images in
+    # all (cycling them), so a shard's last few hard images get several candidates per redraw
+    min_redraw_batch = 16
+
     def __init__(self) -> None:
         self.synth: FewStepSynthesizer | None = None
         self.chash = ""
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, logits) of the shard just made
+        self._info: dict[str, int] = {}
 
     def resolve(self, cfg: SynthesisConfig, input_size: int) -> SynthesisConfig:
         if not cfg.regional_update:
@@ -259,7 +280,46 @@ class GeneratorMethod(SynthesisMethod):
         canvas = self.synth.make_batch(targets, temperature, cfg.generator.steps, ctx.init_gen, ctx.geom_gen,
                                        on_log=ctx.on_log, log_every=cfg.log_every,
                                        where=f"round {job.round_idx} shard {job.shard_idx}")
-        return to_uint8(canvas), targets  # the runner advances the progress bar by steps_per_shard
+        images = to_uint8(canvas)  # the runner advances the progress bar by steps_per_shard
+        self._last, self._info = None, {}
+        if cfg.generator.redraws:
+            logits, redrawn, left = self._redraw(ctx, images, targets)
+            self._last = (images, logits)
+            self._info = {"redrawn_images": redrawn, "unrecognized": left}
+        return images, targets
+
+    def _redraw(self, ctx: ShardContext, images: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[torch.Tensor, int, int]:
+        """Replace, in place, the images of ``images`` (N, C, S, S) uint8 the teacher does not assign to their
+        target class by recognized ones drawn again (up to ``redraws`` times). -> (the teacher's logits on the
+        final images (N, K), images drawn again, images still unrecognized)."""
+        assert self.synth is not None
+        want = targets.argmax(1)  # (N,)
+        logits = teacher_logits(ctx.teacher, images, ctx.input_size)
+        left = torch.nonzero(logits.argmax(1) != want).flatten()  # rows still to replace
+        drawn = 0
+        for _ in range(ctx.cfg.generator.redraws):
+            if not len(left):
+                break
+            rows = left.repeat(-(-self.min_redraw_batch // len(left)))  # (M,) each row at least once
+            new = to_uint8(self.synth.sample(targets[rows], ctx.init_gen))
+            new_logits = teacher_logits(ctx.teacher, new, ctx.input_size)
+            ok = new_logits.argmax(1) == want[rows]  # (M,)
+            drawn += len(rows)
+            for j in reversed(range(len(rows))):  # the first recognized copy of a row wins
+                if ok[j]:
+                    images[rows[j]] = new[j]
+                    logits[rows[j]] = new_logits[j]
+            left = torch.nonzero(logits.argmax(1) != want).flatten()
+        return logits, drawn, len(left)
+
+    def logits_for(self, ctx: ShardContext, images: torch.Tensor) -> torch.Tensor:
+        if self._last is not None and self._last[0] is images:  # computed while redrawing
+            return self._last[1]
+        return super().logits_for(ctx, images)
+
+    def shard_info(self) -> dict[str, int]:
+        return dict(self._info)
 
 
 class _BaselineMethod(SynthesisMethod):

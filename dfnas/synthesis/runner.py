@@ -49,7 +49,7 @@ from dfnas.io import MetricLogger, atomic_write_json, config_hash, ensure_writab
 from dfnas.repro import make_generator, resolve_device
 from dfnas.synthesis.config import SynthesisConfig, without_unusable_bn_term
 from dfnas.synthesis.methods import SYNTHESIS_METHODS, ShardContext, ShardJob, SynthesisMethod
-from dfnas.synthesis.optimize import StepRecord, centre_crop
+from dfnas.synthesis.optimize import StepRecord
 from dfnas.synthesis.plots import save_loss_curves, save_sample_grid
 from dfnas.synthesis.resources import check_resources
 from dfnas.teachers.loader import load_teacher
@@ -75,6 +75,7 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
 
 
 # top-level options added after datasets were made, with the default at which they leave the hash alone
+_GENERATOR_ADDED_LATER: dict[str, Any] = {"output": "sigmoid", "redraws": 0}
 _ADDED_LATER: dict[str, Any] = {"calibration_loss_temperature": None, "ce_confidence_cap": 1.0,
                                 "onehot_loss_temperature": 1.0, "calibration_ce_weight": None}
 
@@ -85,8 +86,9 @@ def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> d
     cfg = {k: v for k, v in config.items() if k not in _NOT_HASHED}
     if cfg.get("method") != "generator":  # the generator's settings do not change other methods' data
         cfg.pop("generator", None)
-    elif isinstance(cfg.get("generator"), dict) and cfg["generator"].get("output") == "sigmoid":
-        cfg["generator"] = {k: v for k, v in cfg["generator"].items() if k != "output"}  # added later: old hashes
+    elif isinstance(cfg.get("generator"), dict):  # generator settings added later, at their defaults: old hashes
+        cfg["generator"] = {k: v for k, v in cfg["generator"].items()
+                            if k not in _GENERATOR_ADDED_LATER or v != _GENERATOR_ADDED_LATER[k]}
     for key, default in _ADDED_LATER.items():  # at its default, an option added later keeps earlier hashes
         if key in cfg and cfg[key] == default:
             del cfg[key]
@@ -156,13 +158,6 @@ def _parent_targets(out: Path, round_idx: int, shard_idx: int, expected: int, ba
         raise DataError(f"shard {str(have[shard_idx])!r} holds {len(logits)} images, expected {count}; rerun the "
                         "same command to make it again")
     return torch.softmax(logits.double() / temperature, dim=1).float()
-
-
-@torch.no_grad()
-def _teacher_logits(teacher: Teacher, images: torch.Tensor, input_size: int, batch: int = 500) -> torch.Tensor:
-    """Logits (N, K) of the centre crops of uint8 canvases (N, C, H, W): what a reader of the shard sees."""
-    x = centre_crop(images, input_size).float().div(255.0)
-    return teacher.predict(x, batch)
 
 
 def synthesize(cfg: SynthesisConfig, out: str | Path, teacher: Teacher | None = None,
@@ -328,13 +323,13 @@ def _make_shard(method: SynthesisMethod, cfg: SynthesisConfig, teacher: Teacher,
     steps_before = bar.n
     images, targets = method.make_shard(ctx, job)  # (N, C, H, W) uint8, (N, K)
     bar.update(method.steps_per_shard(cfg) - (bar.n - steps_before))
-    logits = _teacher_logits(teacher, images, teacher.spec.input_size)
+    logits = method.logits_for(ctx, images)
     path = shard_path(out, r, s)
     write_shard(path, images.permute(0, 2, 3, 1).cpu().numpy(),
                 targets.float().cpu().numpy(), logits.float().cpu().numpy(), np.full(count, r, dtype=np.int16))
     agree = float((logits.argmax(1) == targets.argmax(1)).float().mean())
     logger.log({"event": "shard_done", "round": r, "shard": s, "images": count,
-                "agreement": agree, "seconds": time.perf_counter() - t0})
+                "agreement": agree, **method.shard_info(), "seconds": time.perf_counter() - t0})
     return shard_record(path, count)
 
 
