@@ -51,8 +51,8 @@ class Source:
     # synthesis, i.e. the images a fast method delivers at its streaming rate (a short run of its own spends most
     # of its time warming up and keeps its first images)
     stream: int = 0
-    # how a stream's images are drawn: "uniform"; "agreed": n / K per target class among the images the teacher
-    # assigns to their target (ImageSet.agreed_subset)
+    # how a stream's images are drawn: "uniform"; "balanced": n / K per target class (ImageSet.balanced_subset);
+    # "agreed": n / K per target class among the images the teacher assigns to their target (agreed_subset)
     select: str = "uniform"
     run_dir: str | None = None  # folder of its synthesis run under data/n<N>/ (None: its name); shared by draws
 
@@ -81,6 +81,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("generator_redraw_stream", "few-step generator, unrecognized images drawn again, drawn from a "
            "50,000-image run", "synthesis", {"method": "generator", "generator": {"redraws": 8}}, control=True,
            stream=50000),
+    Source("generator_redraw_stream_balanced", "few-step generator, unrecognized images drawn again, drawn from a "
+           "50,000-image run, class-balanced", "synthesis", {"method": "generator", "generator": {"redraws": 8}},
+           control=True, stream=50000, select="balanced", run_dir="generator_redraw_stream"),
     # the synthesis preset whose calibration rounds carry the teacher's class similarities (calibration.py,
     # setting full_T4_T16_noregion): a data-free source outside the grid, run when named
     Source("calibrated", "full synthesis, `calibrated` preset (no regional update)", "synthesis",
@@ -480,6 +483,8 @@ def prepare_source(name: str, budget: DataBudget, work: Path, progress: bool = T
         ds = open_dataset(out)
         if src.select == "agreed":
             ds = ds.agreed_subset(budget.n_images, torch.Generator().manual_seed(DATA_SEED))
+        elif src.select == "balanced":
+            ds = ds.balanced_subset(budget.n_images, torch.Generator().manual_seed(DATA_SEED))
         elif src.stream:
             ds = ds.subset(stream_draw(src.stream, budget.n_images))
     ds.info["benchmark_source"] = name

@@ -466,7 +466,12 @@ def summarize(cells: list[dict[str, Any]], budget_name: str, budget: Budget, tab
 # the comparisons the README draws: the method's full synthesis against real data, the unreal baseline and
 # each ablation (first minus second)
 COMPARISONS = (("full", "real"), ("full", "noise"), ("full", "real_random"), ("full", "no_recursion"),
-               ("full", "no_regional"), ("full", "plain"), ("generator", "full"), ("calibrated", "full"))
+               ("full", "no_regional"), ("full", "plain"), ("generator", "full"), ("calibrated", "full"),
+               ("generator_stream", "full"), ("generator_stream_agreed", "full"),
+               ("generator_stream_agreed", "generator_stream"), ("generator_redraw", "full"),
+               ("generator_redraw", "generator"), ("generator_redraw_stream", "full"),
+               ("generator_redraw_stream", "generator_stream"), ("generator_redraw_stream_balanced", "full"),
+               ("generator_redraw_stream_balanced", "generator_redraw_stream"))
 
 
 def seed_accuracies(cells: list[dict[str, Any]], source: str, method: str) -> dict[int, float]:

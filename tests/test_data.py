@@ -163,7 +163,7 @@ def test_mix_needs_an_online_teacher(tmp_path):
         LoopConfig(mix="blend").check()
 
 
-def test_agreed_subset_keeps_only_recognized_images_class_balanced():
+def test_agreed_and_balanced_subsets_draw_per_class():
     # 3 classes x 6 images; targets cycle 0,1,2; the teacher agrees on images 0..11 and disagrees on 12..17
     n, k = 18, 3
     target = torch.arange(n) % k
@@ -183,3 +183,11 @@ def test_agreed_subset_keeps_only_recognized_images_class_balanced():
         ds.agreed_subset(10, torch.Generator().manual_seed(0))
     with pytest.raises(DataError, match="needs stored teacher logits"):
         ImageSet(ds.images, ds.targets, 8, ds.class_names).agreed_subset(3, torch.Generator().manual_seed(0))
+    # balanced_subset: the same per-class draw over every image, recognized or not, logits not needed
+    plain = ImageSet(ds.images, ds.targets, 8, ds.class_names)
+    bal = plain.balanced_subset(15, torch.Generator().manual_seed(0))
+    assert torch.bincount(bal.targets.argmax(1), minlength=k).tolist() == [5, 5, 5]
+    both = ds.balanced_subset(18, torch.Generator().manual_seed(0))
+    assert torch.equal(both.logits, ds.logits)  # all 18 taken: the whole set, in its order
+    with pytest.raises(DataError, match=r"class 0 \(a\) has 6 images, fewer than the 7"):
+        plain.balanced_subset(21, torch.Generator().manual_seed(0))

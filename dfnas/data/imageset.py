@@ -73,19 +73,26 @@ class ImageSet:
     def agreed_subset(self, n: int, generator: torch.Generator) -> ImageSet:
         """``n`` images, ``n / K`` per target class (argmax of the targets), drawn uniformly among those whose
         stored teacher logits pick their target class: the images the teacher recognizes, class-balanced."""
+        return self.balanced_subset(n, generator, recognized_only=True)
+
+    def balanced_subset(self, n: int, generator: torch.Generator, recognized_only: bool = False) -> ImageSet:
+        """``n`` images, ``n / K`` per target class (argmax of the targets), drawn uniformly within each class;
+        ``recognized_only``: only among the images whose stored teacher logits pick their target class."""
         k = self.num_classes
-        if self.logits is None:
-            raise DataError("agreed_subset needs stored teacher logits; this dataset has none")
+        what = "agreed_subset" if recognized_only else "balanced_subset"
+        if recognized_only and self.logits is None:
+            raise DataError(f"{what} needs stored teacher logits; this dataset has none")
         if n < 1 or n % k:
-            raise DataError(f"agreed_subset takes n / {k} images per class; n={n} is not a positive multiple of {k}")
+            raise DataError(f"{what} takes n / {k} images per class; n={n} is not a positive multiple of {k}")
         target = self.targets.argmax(1)  # (N,)
-        agreed = self.logits.argmax(1) == target  # (N,)
+        eligible = self.logits.argmax(1) == target if recognized_only else torch.ones_like(target, dtype=torch.bool)
         picked = []
         for c in range(k):
-            pool = torch.nonzero(agreed & (target == c)).flatten()
+            pool = torch.nonzero(eligible & (target == c)).flatten()
             if len(pool) < n // k:
-                raise DataError(f"class {c} ({self.class_names[c]}) has {len(pool)} images the teacher assigns to "
-                                f"it, fewer than the {n // k} asked for")
+                which = "images the teacher assigns to it" if recognized_only else "images"
+                raise DataError(f"class {c} ({self.class_names[c]}) has {len(pool)} {which}, fewer than the "
+                                f"{n // k} asked for")
             picked.append(pool[torch.randperm(len(pool), generator=generator)[: n // k]])
         return self.subset(torch.cat(picked).sort().values)
 
