@@ -38,6 +38,24 @@ def _all_shards(out: Path) -> dict[tuple[int, int], dict[str, np.ndarray]]:
     return {(r, s): read_shard(p) for r, s, p in list_shards(out)}
 
 
+def _run_killed(cfg, out: Path, teacher, monkeypatch, shards: int) -> None:
+    """Run ``cfg`` into ``out`` and kill it (KeyboardInterrupt) once ``shards`` shards are on disk."""
+    import dfnas.synthesis.runner as runner
+
+    real_write, calls = runner.write_shard, []
+
+    def killing_write(*args, **kwargs):
+        if len(calls) == shards:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_shard", killing_write)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, out, teacher)
+    monkeypatch.setattr(runner, "write_shard", real_write)
+
+
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory, teacher) -> Path:
     return _run(_cfg("plots=true"), tmp_path_factory.mktemp("ds") / "tiny", teacher)
@@ -84,24 +102,11 @@ def test_recursive_targets_equal_previous_round_predictions(tiny_dataset: Path, 
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, teacher, tiny_dataset: Path,
                                                      monkeypatch) -> None:
-    import dfnas.synthesis.runner as runner
-
-    real_write, calls = runner.write_shard, []
-
-    def killing_write(*args, **kwargs):
-        if len(calls) == 3:  # die while round 1 is half done
-            raise KeyboardInterrupt
-        calls.append(args[0])
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "write_shard", killing_write)
     out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        _run(_cfg(), out, teacher)
+    _run_killed(_cfg(), out, teacher, monkeypatch, shards=3)  # dies while round 1 is half done
     assert read_manifest(out)["complete"] is False and len(list_shards(out)) == 3
     with pytest.raises(DataError, match="incomplete"):
         read_synthetic(out)
-    monkeypatch.setattr(runner, "write_shard", real_write)
     _run(_cfg(), out, teacher)
     a, b = _all_shards(tiny_dataset), _all_shards(out)
     assert a.keys() == b.keys()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_synthesis import _all_shards as _shards
-from test_synthesis import _run
+from test_synthesis import _run, _run_killed
 
 from dfnas.data.shards import list_shards, read_manifest, read_synthetic
 from dfnas.errors import ConfigError, DataError
@@ -53,22 +53,10 @@ def test_generator_dataset_format_and_rounds(gen_dataset: Path, teacher) -> None
 
 def test_generator_is_deterministic_and_resumes_to_the_same_bytes(tmp_path: Path, teacher, gen_dataset: Path,
                                                                   monkeypatch) -> None:
-    import dfnas.synthesis.runner as runner
-
-    real_write, calls = runner.write_shard, []
-
-    def killing_write(*args, **kwargs):
-        if len(calls) == 3:  # die in round 1, after the generator has carried state over three shards
-            raise KeyboardInterrupt
-        calls.append(args[0])
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "write_shard", killing_write)
     out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        _run(_cfg(), out, teacher)
+    # dies in round 1, after the generator has carried state over three shards
+    _run_killed(_cfg(), out, teacher, monkeypatch, shards=3)
     assert len(list_shards(out)) == 3
-    monkeypatch.setattr(runner, "write_shard", real_write)
     _run(_cfg(), out, teacher)
     a, b = _shards(gen_dataset), _shards(out)
     assert a.keys() == b.keys()
@@ -194,8 +182,6 @@ def test_normalized_output_has_the_teachers_input_statistics(tmp_path: Path, tea
 def test_redraws_replace_unrecognized_images_and_keep_the_recognized_ones(tmp_path: Path, monkeypatch) -> None:
     import json
 
-    import dfnas.synthesis.runner as runner
-
     # a toy teacher whose classes a briefly trained generator reaches only sometimes
     teacher = toy_teacher(num_classes=4, input_size=8, seed=1)
     fast = ("generator.lr=0.1", "generator.latent_lr=0.5")
@@ -219,19 +205,8 @@ def test_redraws_replace_unrecognized_images_and_keep_the_recognized_ones(tmp_pa
     assert torch.equal(ds.targets[:8], plain.targets[:8])
     assert torch.equal(ds.images[:8][agree[:8]], plain.images[:8][agree[:8]])
     # a redrawing run resumes to the same bytes (the redraws draw from the shard's own generators)
-    real_write, calls = runner.write_shard, []
-
-    def killing_write(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(args[0])
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "write_shard", killing_write)
     resumed = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        _run(_cfg(*fast, "generator.redraws=6"), resumed, teacher)
-    monkeypatch.setattr(runner, "write_shard", real_write)
+    _run_killed(_cfg(*fast, "generator.redraws=6"), resumed, teacher, monkeypatch, shards=2)
     _run(_cfg(*fast, "generator.redraws=6"), resumed, teacher)
     a, b = _shards(out), _shards(resumed)
     assert a.keys() == b.keys() and all(np.array_equal(a[k][n], b[k][n]) for k in a for n in a[k])
