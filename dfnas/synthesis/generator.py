@@ -54,10 +54,11 @@ class GeneratorConfig:
     # channel to the teacher's input mean/std, so every batch has the teacher's first-layer input statistics by
     # construction and no region saturates (stored images are clipped to [0, 1])
     output: str = "sigmoid"
-    # `dfnas synthesize` only: an image the teacher does not assign to its target class (centre crop, as stored)
-    # is drawn again, up to this many times, from the generator copy adapted to its batch with a fresh latent
-    # (``FewStepSynthesizer.sample``); 0 keeps every image as made. Redraws do not train the meta generator,
-    # so the images recognized at the first draw are those of a run without redraws
+    # stored datasets only (the synthesis stage; online synthesis while training keeps every image): an image
+    # the teacher does not assign to its target class (centre crop, as stored) is drawn again, up to this many
+    # times, from the generator copy adapted to its batch with a fresh latent (``FewStepSynthesizer.sample``);
+    # 0 keeps every image as made. Redraws do not train the meta generator, so the images recognized at the
+    # first draw are those of a run without redraws
     redraws: int = field(default=0, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
