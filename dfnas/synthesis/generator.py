@@ -242,7 +242,8 @@ class FewStepSynthesizer:
     def sample(self, targets: torch.Tensor, z_gen: torch.Generator) -> torch.Tensor:
         """More canvases (M, C, S, S) in [0, 1] for ``targets`` (M, K) from the copy adapted to the last batch:
         fresh latents, no steps, BatchNorm on its running statistics (so an image does not depend on the
-        others drawn with it). About a tenth of a batch's cost per image; the synthesizer's state is unchanged."""
+        others drawn with it). With the teacher's check, about a sixth of a batch's cost per image (measured:
+        0.8-1.0 against 5.5 ms on 2 cores); the synthesizer's state is unchanged."""
         if self.adapted is None:
             raise RuntimeError("FewStepSynthesizer.sample() needs a batch made first (make_batch)")
         z = torch.randn(len(targets), self.cfg.latent_dim, generator=z_gen, device=targets.device)
