@@ -481,10 +481,9 @@ def prepare_source(name: str, budget: DataBudget, work: Path, progress: bool = T
         synthesize(synthesis_config(src, run, real_npz), out, teacher=teacher(), device="cpu",
                    progress=progress)
         ds = open_dataset(out)
-        if src.select == "agreed":
-            ds = ds.agreed_subset(budget.n_images, torch.Generator().manual_seed(DATA_SEED))
-        elif src.select == "balanced":
-            ds = ds.balanced_subset(budget.n_images, torch.Generator().manual_seed(DATA_SEED))
+        if src.select in ("balanced", "agreed"):
+            ds = ds.balanced_subset(budget.n_images, torch.Generator().manual_seed(DATA_SEED),
+                                    recognized_only=src.select == "agreed")
         elif src.stream:
             ds = ds.subset(stream_draw(src.stream, budget.n_images))
     ds.info["benchmark_source"] = name

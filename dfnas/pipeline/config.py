@@ -111,13 +111,10 @@ class RunConfig:
         for k in ("weights", "download", "factory_loads_weights"):
             d["teacher"].pop(k, None)
         # settings added after runs existed, left out while they cannot change results, so older run
-        # directories still resume: the training-free block unless the search is training-free, the
-        # generator's original output layer (fields marked ADDED_LATER: see identity_dict)
+        # directories still resume: the training-free block unless the search is training-free (fields marked
+        # ADDED_LATER, e.g. the generator's output layer and redraws, are left out by identity_dict)
         if not self._training_free():
             d["search"].pop("zerocost", None)
-        gen = d["synthesis"].get("generator")
-        if isinstance(gen, dict) and gen.get("output") == "sigmoid":
-            gen.pop("output")
         return d
 
     def _training_free(self) -> bool:

@@ -53,7 +53,7 @@ class GeneratorConfig:
     # last layer: "sigmoid" squashes to [0, 1]; "normalized" ends in an affine-free BatchNorm and maps each
     # channel to the teacher's input mean/std, so every batch has the teacher's first-layer input statistics by
     # construction and no region saturates (stored images are clipped to [0, 1])
-    output: str = "sigmoid"
+    output: str = field(default="sigmoid", metadata=ADDED_LATER)
     # stored datasets only (the synthesis stage; online synthesis while training keeps every image): an image
     # the teacher does not assign to its target class (centre crop, as stored) is drawn again, up to this many
     # times, from the generator copy adapted to its batch with a fresh latent (``FewStepSynthesizer.sample``);

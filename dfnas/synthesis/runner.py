@@ -48,6 +48,7 @@ from dfnas.errors import ConfigError, DataError, DfnasError
 from dfnas.io import MetricLogger, atomic_write_json, config_hash, ensure_writable_dir, environment_info
 from dfnas.repro import make_generator, resolve_device
 from dfnas.synthesis.config import SynthesisConfig, without_unusable_bn_term
+from dfnas.synthesis.generator import GeneratorConfig
 from dfnas.synthesis.methods import SYNTHESIS_METHODS, ShardContext, ShardJob, SynthesisMethod
 from dfnas.synthesis.optimize import StepRecord
 from dfnas.synthesis.plots import save_loss_curves, save_sample_grid
@@ -75,7 +76,9 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
 
 
 # top-level options added after datasets were made, with the default at which they leave the hash alone
-_GENERATOR_ADDED_LATER: dict[str, Any] = {"output": "sigmoid", "redraws": 0}
+# generator options added later (marked ADDED_LATER on GeneratorConfig), with their defaults
+_GENERATOR_ADDED_LATER: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)
+                                          if f.metadata.get("added_later")}
 _ADDED_LATER: dict[str, Any] = {"calibration_loss_temperature": None, "ce_confidence_cap": 1.0,
                                 "onehot_loss_temperature": 1.0, "calibration_ce_weight": None}
 
