@@ -68,6 +68,8 @@ def test_method_moves_weights_and_arch(tmp_path, method, space_name, space_opts,
         assert any(not torch.equal(alphas0[k], m.alphas[k].detach()) for k in alphas0)
     getattr(space, "check", space.validate)(out.arch)
     assert out.steps == 3
+    # the loop trains in channels-last layout (the default recipe's speed on CPU rests on it)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in out.model.parameters() if p.dim() == 4)
     if method == "spos":
         assert out.extra["spos"]["evaluated"] >= 4
 

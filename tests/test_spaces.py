@@ -22,7 +22,7 @@ from dfnas.spaces import (
 )
 from dfnas.spaces.darts import DartsSpace
 from dfnas.spaces.draw import draw_arch
-from dfnas.spaces.nb201 import NB201Space
+from dfnas.spaces.nb201 import NB201Space, _node_sum
 from dfnas.spaces.nb201_table import NB201Table
 from dfnas.spaces.proxyless import ProxylessSpace
 
@@ -95,6 +95,16 @@ def test_weighted_mode_gradients_reach_every_decision(name: str) -> None:
         assert a.grad is not None and torch.isfinite(a.grad).all(), k
         assert a.grad.abs().sum() > 0, k
     assert all(p.grad is not None for n, p in supernet.named_parameters() if ".candidates." in n and "weight" in n)
+
+
+def test_nb201_node_sum_equals_stacked_sum_and_keeps_channels_last() -> None:
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3):
+        terms = [(torch.randn(4, 8, 6, 6, generator=g) * 10.0 ** i).contiguous(memory_format=torch.channels_last)
+                 for i in range(n)]
+        out = _node_sum(terms)
+        assert torch.equal(out, torch.stack(terms).sum(0))  # same order of additions, so the same bits
+        assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

