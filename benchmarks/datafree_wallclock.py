@@ -89,7 +89,8 @@ BUDGETS: dict[str, Budget] = {
                   {"batch_size": 128, "lr": 0.05, "lr_min": 0.0, "nesterov": True,
                    "weight_decay": 5e-4, "temperature": 4.0, "max_steps": 1000}, 250, (0, 1),
                   "cpu: 1,000 steps of batch 128 on a C=8 N=1 network; 10,000 images (1,000 for the small sets)"),
-    # the default run's training recipe (dfnas/presets/default.yaml): 36 epochs of the 10,000-image set
+    # the default run's training recipe of sessions 14-22 (dfnas/presets/default.yaml trains 30 epochs since
+    # session 23; its cells are kept as measured): 36 epochs of the 10,000-image set
     # (2,808 steps of 128), distillation at T=16 on mixup batches; real images with true labels train with the
     # same steps without mixing (mixup needs the teacher to label the mixed images)
     "cpu_default": Budget(1000, 10000, {"C": 8, "N": 1},
