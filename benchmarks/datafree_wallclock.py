@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
 
 import common  # noqa: E402
+import costs  # noqa: E402
 from common import DataBudget  # noqa: E402
 
 NAME = "datafree_wallclock"
@@ -98,6 +99,13 @@ BUDGETS: dict[str, Budget] = {
                            "temperature": 16.0, "mix": "mixup", "max_steps": 2808}, 234, (0, 1),
                           "cpu_default: the default run's training recipe, 2,808 steps of batch 128 (36 epochs of "
                           "10,000 images), T=16, mixup wherever the teacher labels the batches; C=8 N=1 network"),
+    # the default run's training recipe since session 23: 30 epochs (2,340 steps of 128), channels-last training
+    "cpu_default30": Budget(1000, 10000, {"C": 8, "N": 1},
+                            {"batch_size": 128, "lr": 0.05, "lr_min": 0.0, "nesterov": True, "weight_decay": 5e-4,
+                             "temperature": 16.0, "mix": "mixup", "max_steps": 2340}, 234, (0, 1),
+                            "cpu_default30: the default run's training recipe since session 23, 2,340 steps of batch "
+                            "128 (30 epochs of 10,000 images), T=16, mixup wherever the teacher labels the batches; "
+                            "C=8 N=1 network"),
 }
 
 
@@ -106,6 +114,29 @@ def data_budget(budget_name: str, budget: Budget, variant: Variant) -> DataBudge
     if budget_name == "smoke":
         return DataBudget(n, "tiny", {"batch_size": 20, "steps": 4, "generator": {"warmup_batches": 1}})
     return DataBudget(n, "default", home="cpu")
+
+
+def estimate(budget_name: str, budget: Budget, todo: list[tuple[str, int]], cal: costs.Calibration,
+             cal_big: costs.Calibration) -> float:
+    """Seconds for the trainings ``todo`` ((variant, seed) pairs; ``cal_big`` timed at the trained network's
+    size): the weight steps, the online teacher's labels, the bank's refreshes and the real-test evaluations."""
+    from dfnas.synthesis import make_config
+    from dfnas.train.datafree import OnlineConfig
+
+    bs, steps = int(budget.train["batch_size"]), int(budget.train["max_steps"])
+    evals = steps // budget.eval_every + 1
+    total = 0.0
+    for v, _ in todo:
+        var = VARIANTS[v]
+        dbud = data_budget(budget_name, budget, var)
+        n, b = dbud.n_images, min(bs, dbud.n_images)
+        total += steps * b * (cal_big.path_step + (cal.teacher_eval if var.online_teacher else 0.0))
+        total += evals * 1017 * cal_big.path_eval
+        if var.online_synthesis:  # each epoch's new images: the generator's steps, each a teacher and student pass
+            gen_steps = make_config(dbud.synth_preset, None, **dbud.synth_overrides).generator.steps
+            new_images = steps / max(1, n // b) * OnlineConfig().refresh_fraction * n
+            total += new_images * gen_steps * (cal.teacher_step + cal_big.path_step)
+    return total
 
 
 def cell_hash(budget: Budget, arch: str, variant: str, seed: int) -> str:
@@ -249,6 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         (v, k) for v in variants for k in seeds
         if store.get(key, v, f"seed{k}", cell_hash=cell_hash(budget, args.arch, v, k)) is None]
     common.log(f"{NAME} [{args.budget}]: {len(todo)} trainings to run")
+    if todo or args.estimate_only:
+        # the teacher and a small supernet for the teacher and synthesis costs; the trained network itself
+        cals = costs.calibrate({"C": 8, "N": 1}, int(budget.train["batch_size"]), need_teacher=True)
+        big = costs.calibrate(budget.space, int(budget.train["batch_size"]), need_teacher=False,
+                              need_supernet=False)
+        data = {(VARIANTS[v].source, VARIANTS[v].small): data_budget(args.budget, budget, VARIANTS[v]) for v, _ in todo}
+        for what, i in (("at the current load", 0), ("with the cores to itself", 1)):
+            data_s = sum(costs.synthesis_estimate([src], dbud, work, cals[i]) for (src, _), dbud in data.items())
+            common.log(f"estimate {what}: datasets {common.fmt_duration(data_s)}, "
+                       f"trainings {common.fmt_duration(estimate(args.budget, budget, todo, cals[i], big[i]))}")
+        if args.estimate_only:
+            return 0
     for v, k in todo:
         var = VARIANTS[v]
         dbud = data_budget(args.budget, budget, var)

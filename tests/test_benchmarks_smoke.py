@@ -100,7 +100,7 @@ def _run_and_check(sq: ModuleType, args: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_datafree_wallclock_and_calibration_smoke(tmp_path):
+def test_datafree_wallclock_and_calibration_smoke(tmp_path, capsys):
     from dfnas.assets import asset_path
 
     if asset_path("cifar10", "jpeg", "train") is None:
@@ -112,6 +112,10 @@ def test_datafree_wallclock_and_calibration_smoke(tmp_path):
                    str(tmp_path / "out"), "--quiet"]
     threads = torch.get_num_threads()
     try:
+        # --estimate-only prints the estimate and stops before making data or training anything
+        assert wc.main([*common_args, "--variants", "generator_online,real_hard", "--estimate-only"]) == 0
+        assert not list((tmp_path / "w").rglob("*.npz")) and not (tmp_path / "out").exists()
+        assert "estimate with the cores to itself: datasets" in capsys.readouterr().err
         assert wc.main([*common_args, "--variants", "generator_online,real_hard"]) == 0
         assert cal.main([*common_args, "--settings", "generator_T2"]) == 0
     finally:
