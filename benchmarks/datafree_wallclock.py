@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         cals = costs.calibrate({"C": 8, "N": 1}, int(budget.train["batch_size"]), need_teacher=True)
         big = costs.calibrate(budget.space, int(budget.train["batch_size"]), need_teacher=False,
                               need_supernet=False)
-        data = {(VARIANTS[v].source, VARIANTS[v].small): data_budget(args.budget, budget, VARIANTS[v]) for v, _ in todo}
+        data = {(VARIANTS[v].source, VARIANTS[v].small): data_budget(args.budget, budget, VARIANTS[v])
+                for v, _ in todo}
         for what, i in (("at the current load", 0), ("with the cores to itself", 1)):
             data_s = sum(costs.synthesis_estimate([src], dbud, work, cals[i]) for (src, _), dbud in data.items())
             common.log(f"estimate {what}: datasets {common.fmt_duration(data_s)}, "
