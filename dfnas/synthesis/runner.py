@@ -75,12 +75,17 @@ def resolve_config(cfg: SynthesisConfig, teacher: Teacher, method: SynthesisMeth
     return dataclasses.replace(cfg, canvas_size=canvas, regional_update=canvas > input_size, label_mode=label_mode)
 
 
-# top-level options added after datasets were made, with the default at which they leave the hash alone
-# generator options added later (marked ADDED_LATER on GeneratorConfig), with their defaults
-_GENERATOR_ADDED_LATER: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)
-                                          if f.metadata.get("added_later")}
+# options added after datasets were made, with the default at which they leave the hash alone: the top-level
+# ones listed here, the generator's marked ADDED_LATER on GeneratorConfig
 _ADDED_LATER: dict[str, Any] = {"calibration_loss_temperature": None, "ce_confidence_cap": 1.0,
                                 "onehot_loss_temperature": 1.0, "calibration_ce_weight": None}
+_GENERATOR_ADDED_LATER: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)
+                                          if f.metadata.get("added_later")}
+
+
+def _without_later_defaults(settings: dict[str, Any], added_later: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` less the options added later that sit at their default (datasets made before keep their hash)."""
+    return {k: v for k, v in settings.items() if k not in added_later or v != added_later[k]}
 
 
 def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> dict[str, Any]:
@@ -89,12 +94,9 @@ def data_identity(config: dict[str, Any], teacher_identity: dict[str, Any]) -> d
     cfg = {k: v for k, v in config.items() if k not in _NOT_HASHED}
     if cfg.get("method") != "generator":  # the generator's settings do not change other methods' data
         cfg.pop("generator", None)
-    elif isinstance(cfg.get("generator"), dict):  # generator settings added later, at their defaults: old hashes
-        cfg["generator"] = {k: v for k, v in cfg["generator"].items()
-                            if k not in _GENERATOR_ADDED_LATER or v != _GENERATOR_ADDED_LATER[k]}
-    for key, default in _ADDED_LATER.items():  # at its default, an option added later keeps earlier hashes
-        if key in cfg and cfg[key] == default:
-            del cfg[key]
+    elif isinstance(cfg.get("generator"), dict):
+        cfg["generator"] = _without_later_defaults(cfg["generator"], _GENERATOR_ADDED_LATER)
+    cfg = _without_later_defaults(cfg, _ADDED_LATER)
     cfg["teacher"] = {k: v for k, v in (cfg.get("teacher") or {}).items() if k not in _TEACHER_NOT_HASHED}
     return {"config": cfg, "teacher": {k: v for k, v in teacher_identity.items() if k != "source"}}
 
