@@ -90,6 +90,14 @@ METHODS: dict[str, Method] = {
         "ProxylessNAS, identity-started candidates, fair weight paths, measured derivation",
         {"method": "proxyless", "candidate_init": "identity",
          "proxyless": {"sampling": "fair", "arch_lr": 1e-2, "derive": "measured"}}),
+    # the same search and derivation, measured on the supernet's weights averaged over the last half of the weight
+    # steps (`proxyless.derive_weights=averaged`, stochastic weight averaging) instead of the last step's; chosen
+    # on seeds 0-4 of a scratch pilot that read three rules off the same supernets (the last weights, these, and
+    # each edge's lowest mean training loss), so seeds 5-29 are its test
+    "proxyless_identity_fair_measured_avg": Method(
+        "ProxylessNAS, identity-started candidates, fair weight paths, measured derivation on averaged weights",
+        {"method": "proxyless", "candidate_init": "identity",
+         "proxyless": {"sampling": "fair", "arch_lr": 1e-2, "derive": "measured", "derive_weights": "averaged"}}),
     "spos": Method("SPOS", {"method": "spos"}),
     # the same identity start for SPOS's single-path supernet (uniform paths, evolution unchanged)
     "spos_identity": Method("SPOS, identity-started candidates", {"method": "spos", "candidate_init": "identity"}),

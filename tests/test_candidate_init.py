@@ -171,3 +171,40 @@ def test_proxyless_measured_derivation_takes_each_decisions_lowest_measured_loss
         build_method("proxyless", space, {"derive": "best"}, make_generator(0, "m"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="derive_paths must be >= 1"):
         build_method("proxyless", space, {"derive_paths": 0}, make_generator(0, "m"), torch.device("cpu"))
+
+
+def test_proxyless_averaged_weights_are_the_mean_of_the_counted_steps_and_only_enter_the_derivation(tmp_path):
+    """derive_weights=averaged: the method keeps the mean of the trained weights after each weight step past
+    average_from of the search (computed here from snapshots), measures the derivation's losses on them, and
+    leaves the training and the final weights exactly as without it; bad values are refused."""
+    from dfnas.data import ImageSet
+    from dfnas.search import run_search
+
+    g = torch.Generator().manual_seed(0)
+    ds = ImageSet(torch.randint(0, 256, (40, 3, 10, 10), generator=g, dtype=torch.uint8),
+                  torch.softmax(torch.randn(40, 4, generator=g) * 3, 1), 8, [str(i) for i in range(4)],
+                  label_mode="soft")
+    proxyless = {"sampling": "fair", "derive": "measured", "derive_paths": 2, "average_from": 0.5}
+    cfg = {"method": "proxyless", "space": {"name": "nb201", "options": {"C": 2}}, "epochs": 2, "batch_size": 5,
+           "eval_max_batches": 1, "candidate_init": "identity", "seed": 3}
+    snaps: list[list[torch.Tensor]] = []
+
+    def keep(ctx):  # the trained weights after each weight step
+        snaps.append([p.detach().clone() for p in ctx.model.parameters() if p.requires_grad])
+
+    avg = run_search({**cfg, "proxyless": {**proxyless, "derive_weights": "averaged"}}, ds, tmp_path / "avg",
+                     device="cpu", progress=False, on_step=keep)
+    final = run_search({**cfg, "proxyless": proxyless}, ds, tmp_path / "final", device="cpu", progress=False)
+    ck_avg = torch.load(avg.out_dir / "checkpoint.pt", weights_only=True)
+    ck_final = torch.load(final.out_dir / "checkpoint.pt", weights_only=True)
+    assert len(snaps) == 8 and avg.result["derive_averaged_steps"] == 4  # 20 training images, batch 5, 2 epochs
+    want = [torch.stack([s[i] for s in snaps[4:]]).mean(0) for i in range(len(snaps[0]))]
+    assert all(torch.allclose(a, w, atol=1e-6) for a, w in zip(ck_avg["method"]["weight_avg"], want, strict=True))
+    assert all(torch.equal(ck_avg["model"][k], v) for k, v in ck_final["model"].items())  # training untouched
+    assert avg.result["derive_losses"] != final.result["derive_losses"]  # measured on other weights
+    with pytest.raises(ConfigError, match="derive_weights 'averaged' applies to derive 'measured'"):
+        build_method("proxyless", build_space("nb201", C=2), {"derive_weights": "averaged"}, make_generator(0, "m"),
+                     torch.device("cpu"))
+    with pytest.raises(ConfigError, match="average_from must lie in"):
+        build_method("proxyless", build_space("nb201", C=2), {"derive": "measured", "average_from": -0.1},
+                     make_generator(0, "m"), torch.device("cpu"))

@@ -52,7 +52,8 @@ def _stop_at(step: int):
     return hook
 
 
-@pytest.mark.parametrize("method", ["darts", "proxyless", "spos", "spos-fair", "proxyless-fair-identity"])
+@pytest.mark.parametrize("method", ["darts", "proxyless", "spos", "spos-fair", "proxyless-fair-identity",
+                                    "proxyless-fair-averaged"])
 def test_kill_then_resume_is_bitwise_identical(tmp_path, method):
     ds = tiny_set()
     if method == "spos-fair":  # strict-fairness sampling: several paths per weight step
@@ -62,6 +63,11 @@ def test_kill_then_resume_is_bitwise_identical(tmp_path, method):
     elif method == "proxyless-fair-identity":  # fair weight paths on identity-started candidates
         method_cfg = _cfg("proxyless", candidate_init="identity")
         method_cfg["proxyless"] = {**method_cfg["proxyless"], "sampling": "fair"}
+        _cfg_m = lambda: method_cfg  # noqa: E731
+    elif method == "proxyless-fair-averaged":  # the measured derivation on the weights averaged over the steps
+        method_cfg = _cfg("proxyless", candidate_init="identity")
+        method_cfg["proxyless"] = {**method_cfg["proxyless"], "sampling": "fair", "derive": "measured",
+                                   "derive_paths": 2, "derive_weights": "averaged", "average_from": 0.2}
         _cfg_m = lambda: method_cfg  # noqa: E731
     else:
         _cfg_m = lambda: _cfg(method)  # noqa: E731

@@ -79,6 +79,9 @@ class SearchMethod:
     def before_weight_step(self, ctx: LoopContext) -> None:
         """Configure the model for the weight step (set a path or option weights)."""
 
+    def after_weight_step(self, ctx: LoopContext) -> None:
+        """Called after each weight step's update (``ctx.step`` already counts it)."""
+
     def weight_paths(self, ctx: LoopContext) -> list[Arch] | None:
         """Paths whose gradients one weight step sums on the same batch (each path's loss divided by their
         number), e.g. FairNAS's strict fairness; None: one forward pass of what ``before_weight_step`` set."""

@@ -401,6 +401,7 @@ def _train_epochs(ctx: LoopContext, st: dict[str, Any], data_gen: torch.Generato
             logits, lv = _forward_backward(ctx, x, y)
             _sgd_step(opt, ctx.scheduler, params, cfg.grad_clip)
             ctx.step += 1
+            method.after_weight_step(ctx)
             st["batch_in_epoch"] += 1
             correct = int((logits.detach().argmax(1) == ctx.criterion.classes(y)).sum())
             st["stats"] = [st["stats"][0] + lv * len(x), st["stats"][1] + correct, st["stats"][2] + len(x)]
