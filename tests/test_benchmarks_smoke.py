@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import math
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -456,3 +458,21 @@ def test_wallclock_cells_share_their_variants_make_time():
     out = wc.with_make_seconds(cells)
     assert [c["make_seconds"] for c in out] == [600.0, 600.0, 0.0, 0.0]  # real costs nothing; no time, none made up
     assert cells[1]["make_seconds"] == 0.0  # the stored cells are not changed
+
+
+
+def _exact_sign_flip(d):
+    flips = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))  # (2^n, n): every pattern, by hand
+    return float(np.mean(np.abs(flips @ np.abs(d)) >= abs(d.sum()) - 1e-12))
+
+
+def test_sign_flip_p_is_exact_up_to_16_seeds_and_a_seeded_estimate_beyond():
+    """Up to 16 seeds every sign pattern is enumerated; beyond, the (2^n, n) table would outgrow memory (30 seeds:
+    8 GiB, which killed a 30-seed benchmark summary), so seeded random patterns estimate it, close to exact."""
+    common = _load("common")
+    d = np.linspace(-0.5, 2.0, 18)  # 18 differences, mostly positive
+    assert common.sign_flip_p(d[:16]) == (pytest.approx(_exact_sign_flip(d[:16])), True)
+    p, is_exact = common.sign_flip_p(d)
+    assert not is_exact and p == pytest.approx(_exact_sign_flip(d), abs=0.003) and common.sign_flip_p(d) == (p, False)
+    r = common.paired_difference({k: 93.0 + 0.01 * k for k in range(30)}, {k: 92.0 for k in range(30)})
+    assert r["n"] == 30 and r["p_perm"] == pytest.approx(1 / 200_001) and r["p_perm_draws"] == 200_000
