@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
@@ -346,12 +346,11 @@ class ProxylessMethod(AlphaMethod):
     def finalize(self, ctx: LoopContext) -> Arch:
         if self.options.derive == "alpha":
             return super().finalize(ctx)
-        if self.options.derive_weights == "averaged":  # inf for the options never derived
-            with self._averaged_weights(ctx.model):
-                losses = self.measured_losses(ctx)
+        averaged = self.options.derive_weights == "averaged"
+        with self._averaged_weights(ctx.model) if averaged else nullcontext():
+            losses = self.measured_losses(ctx)  # inf for the options never derived
+        if averaged:
             ctx.extra["derive_averaged_steps"] = self.weight_avg_steps
-        else:
-            losses = self.measured_losses(ctx)
         ctx.extra["derive_losses"] = {k: [round(float(v), 6) if math.isfinite(v) else None for v in loss]
                                       for k, loss in losses.items()}  # None: never derived (``none``)
         dec = self.space.decisions()
