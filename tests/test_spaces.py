@@ -326,3 +326,28 @@ def test_edge_labels_lie_outside_the_node_boxes(name: str) -> None:
         for text in labels:
             box = text.get_window_extent(renderer)
             assert not any(box.overlaps(n) for n in nodes), f"{text.get_text()!r} of {arch} lies on a node box"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_no_strided_pointwise_convolution_in_any_supernet_or_network(name: str) -> None:
+    # oneDNN's weight gradient of a strided 1x1 conv on channels-last input with fewer input channels than its
+    # block (8 with AVX2) writes past its workspace and aborts the process at random: no space may build one
+    space = build_space(name, **TINY[name])
+    models = [space.build_supernet(), space.build_network(space.sample(torch.Generator().manual_seed(0)))]
+    strided = [n for m in models for n, c in m.named_modules()
+               if isinstance(c, nn.Conv2d) and c.kernel_size == (1, 1) and c.stride != (1, 1)]
+    assert not strided, strided
+
+
+def test_factorized_reduce_equals_two_strided_pointwise_convolutions_on_offset_grids() -> None:
+    from dfnas.spaces.darts import FactorizedReduce
+
+    torch.manual_seed(0)
+    op = FactorizedReduce(3, 5).eval()
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    r = torch.relu(x)
+    ref = op.bn(torch.cat([nn.functional.conv2d(r, op.conv_1.weight, stride=2),
+                           nn.functional.conv2d(r[:, :, 1:, 1:], op.conv_2.weight, stride=2)], dim=1))
+    out = op(x)
+    assert out.shape == (2, 5, 4, 4)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # kernels may differ with the thread count

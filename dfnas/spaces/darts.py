@@ -92,14 +92,19 @@ class FactorizedReduce(nn.Module):
     def __init__(self, cin: int, cout: int, affine: bool = True) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(cin, cout // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(cin, cout - cout // 2, 1, stride=2, bias=False)
+        # stride 1 here, the subsampling in forward: a 1x1 stride-2 conv is the 1x1 conv of every second pixel
+        # (same bits forward), and oneDNN's strided 1x1 weight-gradient kernel on channels-last input with fewer
+        # input channels than its block (8 with AVX2, 16 with AVX-512) writes past its workspace and corrupts
+        # the heap (the search aborted at random on 2-channel test supernets; oneDNN issue #6035)
+        self.conv_1 = nn.Conv2d(cin, cout // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(cin, cout - cout // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
-        # the second conv sees the grid shifted by one pixel, so together they cover every input pixel
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        x = self.relu(x)  # (B, cin, H, W)
+        # the second grid is shifted by one pixel, so together they cover every input pixel
+        halves = [self.conv_1(x[:, :, ::2, ::2]), self.conv_2(x[:, :, 1::2, 1::2])]  # (B, cout/2, H/2, W/2) each
+        return self.bn(torch.cat(halves, dim=1))
 
 
 def make_op(name: str, c: int, stride: int, pool_bn: bool = True, affine: bool = True) -> nn.Module:
