@@ -98,6 +98,14 @@ METHODS: dict[str, Method] = {
         "ProxylessNAS, identity-started candidates, fair weight paths, measured derivation on averaged weights",
         {"method": "proxyless", "candidate_init": "identity",
          "proxyless": {"sampling": "fair", "arch_lr": 1e-2, "derive": "measured", "derive_weights": "averaged"}}),
+    # the same search, derived on the last and on the averaged weights; where the two cells differ, the one of
+    # lower held-out loss as a whole path on the averaged weights (`proxyless.derive_weights=both`): made after
+    # seed 22 of the averaged derivation assembled an all-skip-and-pooling cell (54.55) from per-edge marginals
+    "proxyless_identity_fair_measured_both": Method(
+        "ProxylessNAS, identity-started candidates, fair weight paths, measured derivation on the last and averaged"
+        " weights, the better whole cell",
+        {"method": "proxyless", "candidate_init": "identity",
+         "proxyless": {"sampling": "fair", "arch_lr": 1e-2, "derive": "measured", "derive_weights": "both"}}),
     "spos": Method("SPOS", {"method": "spos"}),
     # the same identity start for SPOS's single-path supernet (uniform paths, evolution unchanged)
     "spos_identity": Method("SPOS, identity-started candidates", {"method": "spos", "candidate_init": "identity"}),
@@ -278,6 +286,8 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
 
             dec = list(NB201Space.decisions().values())
             measured = len(dec) * len(dec[0]) * cfg.proxyless.derive_paths * n_eval * cal.path_eval
+            if cfg.proxyless.derive_weights == "both":  # measured twice, then two whole cells scored
+                measured = 2 * measured + 2 * n_eval * cal.path_eval
         return train + epochs * n_eval * cal.path_eval + measured
     o = cfg.spos
     n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)

@@ -208,3 +208,50 @@ def test_proxyless_averaged_weights_are_the_mean_of_the_counted_steps_and_only_e
     with pytest.raises(ConfigError, match="average_from must lie in"):
         build_method("proxyless", build_space("nb201", C=2), {"derive": "measured", "average_from": -0.1},
                      make_generator(0, "m"), torch.device("cpu"))
+
+
+def test_proxyless_both_weights_keep_the_better_whole_cell_on_the_averaged_weights():
+    """derive_weights=both: the derivation on the last and on the averaged weights (each exactly as derive_weights
+    final / averaged gives it); where the two cells differ, the one whose whole path has the lower held-out loss
+    on the averaged weights (recomputed here by hand), the trained weights restored after; where they agree, that
+    cell and no comparison; refused without derive=measured."""
+    from dfnas.data.imageset import iterate_batches
+    from dfnas.search.bn import frozen_running_stats
+
+    def method(weights: str, ctx, avg_seed: int, scale: float):
+        m = build_method("proxyless", space, {"derive": "measured", "derive_paths": 2, "sampling": "fair",
+                                              "derive_weights": weights}, make_generator(0, "m"), torch.device("cpu"))
+        g = torch.Generator().manual_seed(avg_seed)  # stand-in averaged weights: the trained ones, perturbed
+        m.weight_avg = [p.detach() + scale * torch.randn(p.shape, generator=g).to(memory_format=torch.preserve_format)
+                        for p in ctx.model.parameters() if p.requires_grad]
+        return m
+
+    space, _ = _derive_ctx()
+    ran = {}
+    for avg_seed, scale in ((0, 0.0), (0, 0.5), (3, 0.5)):
+        ctxs = {w: _derive_ctx()[1] for w in ("final", "averaged", "both")}
+        cells = {w: method(w, c, avg_seed, scale).finalize(c) for w, c in ctxs.items()}
+        both = ctxs["both"]
+        assert both.extra["derive_losses_final"] == ctxs["final"].extra["derive_losses"]
+        assert both.extra["derive_losses"] == ctxs["averaged"].extra["derive_losses"]
+        trained = [p.detach().clone() for p in both.model.parameters()]
+        if cells["final"] == cells["averaged"]:
+            assert cells["both"] == cells["final"] and "derive_cells" not in both.extra
+            ran["same"] = True
+            continue
+        # by hand: each cell's whole path on the perturbed weights, the derivation's batches and BatchNorm mode
+        m = method("both", both, avg_seed, scale)
+        batches = list(iterate_batches(both.held_out, 5, None, augment=False))
+        whole = {}
+        with torch.no_grad(), m._averaged_weights(both.model), frozen_running_stats(both.model):
+            both.model.train()
+            for w in ("final", "averaged"):
+                both.model.set_path(cells[w])
+                whole[w] = sum(float(both.criterion(both.model(x), x, y)) * len(x) for x, y in batches) / 12
+        assert cells["both"] == cells[min(whole, key=whole.get)]
+        assert {w: d["held_out_loss_averaged"] for w, d in both.extra["derive_cells"].items()} == pytest.approx(whole)
+        assert all(torch.equal(p, q) for p, q in zip(both.model.parameters(), trained, strict=True))  # restored
+        ran[min(whole, key=whole.get)] = True
+    assert set(ran) == {"same", "final", "averaged"}, ran  # every branch taken on these seeds
+    with pytest.raises(ConfigError, match="derive_weights 'both' applies to derive 'measured'"):
+        build_method("proxyless", space, {"derive_weights": "both"}, make_generator(0, "m"), torch.device("cpu"))

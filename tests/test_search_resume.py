@@ -53,7 +53,7 @@ def _stop_at(step: int):
 
 
 @pytest.mark.parametrize("method", ["darts", "proxyless", "spos", "spos-fair", "proxyless-fair-identity",
-                                    "proxyless-fair-averaged"])
+                                    "proxyless-fair-averaged", "proxyless-fair-both"])
 def test_kill_then_resume_is_bitwise_identical(tmp_path, method):
     ds = tiny_set()
     if method == "spos-fair":  # strict-fairness sampling: several paths per weight step
@@ -64,10 +64,12 @@ def test_kill_then_resume_is_bitwise_identical(tmp_path, method):
         method_cfg = _cfg("proxyless", candidate_init="identity")
         method_cfg["proxyless"] = {**method_cfg["proxyless"], "sampling": "fair"}
         _cfg_m = lambda: method_cfg  # noqa: E731
-    elif method == "proxyless-fair-averaged":  # the measured derivation on the weights averaged over the steps
+    elif method in ("proxyless-fair-averaged", "proxyless-fair-both"):  # the measured derivation on the weights
+        # averaged over the steps (both: and on the last ones, the better whole cell)
         method_cfg = _cfg("proxyless", candidate_init="identity")
         method_cfg["proxyless"] = {**method_cfg["proxyless"], "sampling": "fair", "derive": "measured",
-                                   "derive_paths": 2, "derive_weights": "averaged", "average_from": 0.2}
+                                   "derive_paths": 2, "derive_weights": method.rsplit("-", 1)[1],
+                                   "average_from": 0.2}
         _cfg_m = lambda: method_cfg  # noqa: E731
     else:
         _cfg_m = lambda: _cfg(method)  # noqa: E731

@@ -28,6 +28,11 @@ benchmarks/results/proxyless_diagnosis_cpu.md and benchmarks/results/search_qual
 over the weight steps from ``average_from`` of the search on (stochastic weight averaging, Izmailov et al., UAI
 2018) instead of the last step's: at a few hundred steps the last weights carry the last batches' noise, and
 on about one seed in five it tipped the measured ranking of several edges to skip or pooling.
+``derive_weights = "both"`` measures on the last and on the averaged weights; where the two cells differ it keeps
+the one of lower held-out loss as a whole path on the averaged weights. The per-decision losses are marginals
+over random other decisions, so the cell they assemble is not always the better whole: on one seed in thirty the
+averaged weights' marginals assembled an all-skip-and-pooling cell that its own weights score worse, as a whole,
+than the cell of the last weights.
 Optional hardware term on the expected MACs E = base + sum_k softmax(alpha_k) . cost_k (differentiable):
 ``mul``: L * (E / target)^beta;  ``mul_log``: L * (log E / log target)^beta (the paper's code);
 ``add``: L + lambda * (E - target) / target.
@@ -57,7 +62,7 @@ FLOPS_LOSSES = ("none", "mul", "mul_log", "add")
 ESTIMATORS = ("binary_gate", "loss_diff")
 SAMPLINGS = ("alpha", "fair")
 DERIVES = ("alpha", "measured")
-DERIVE_WEIGHTS = ("final", "averaged")
+DERIVE_WEIGHTS = ("final", "averaged", "both")
 
 
 @dataclass
@@ -86,8 +91,9 @@ class ProxylessConfig:
     derive: Literal["alpha", "measured"] = field(default="alpha", metadata=ADDED_LATER)
     derive_paths: int = field(default=10, metadata=ADDED_LATER)
     # final: derive=measured measures on the last step's weights; averaged: on the mean of the weights after
-    # each weight step from average_from (a fraction of the search) on (see the module docstring)
-    derive_weights: Literal["final", "averaged"] = field(default="final", metadata=ADDED_LATER)
+    # each weight step from average_from (a fraction of the search) on; both: on each, the better whole cell
+    # (see the module docstring)
+    derive_weights: Literal["final", "averaged", "both"] = field(default="final", metadata=ADDED_LATER)
     average_from: float = field(default=0.5, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
@@ -107,9 +113,9 @@ class ProxylessConfig:
         if self.derive_weights not in DERIVE_WEIGHTS:
             raise ConfigError(f"proxyless.derive_weights {self.derive_weights!r} is not one of "
                               f"{list(DERIVE_WEIGHTS)}")
-        if self.derive_weights == "averaged" and self.derive != "measured":
-            raise ConfigError(f"proxyless.derive_weights 'averaged' applies to derive 'measured' (the only rule "
-                              f"that reads the weights), got derive {self.derive!r}")
+        if self.derive_weights != "final" and self.derive != "measured":
+            raise ConfigError(f"proxyless.derive_weights {self.derive_weights!r} applies to derive 'measured' (the "
+                              f"only rule that reads the weights), got derive {self.derive!r}")
         if not 0.0 <= self.average_from < 1.0:
             raise ConfigError(f"proxyless.average_from must lie in [0, 1), got {self.average_from}")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
@@ -144,7 +150,7 @@ class ProxylessMethod(AlphaMethod):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reset_diagnostics()
-        # derive_weights: averaged: the running mean of the trained weights (one tensor per parameter the loop
+        # derive_weights: averaged or both: the running mean of the trained weights (one tensor per parameter the loop
         # trains, in the model's order) over the weight steps counted so far
         self.weight_avg: list[torch.Tensor] | None = None
         self.weight_avg_steps = 0
@@ -300,7 +306,7 @@ class ProxylessMethod(AlphaMethod):
 
     def after_weight_step(self, ctx: LoopContext) -> None:
         o: ProxylessConfig = self.options
-        if o.derive_weights != "averaged" or ctx.step <= int(o.average_from * ctx.total_steps):
+        if o.derive_weights == "final" or ctx.step <= int(o.average_from * ctx.total_steps):
             return
         self.weight_avg_steps += 1
         n = self.weight_avg_steps
@@ -317,7 +323,8 @@ class ProxylessMethod(AlphaMethod):
         """The model's trained parameters replaced by their running mean for the block, restored after it."""
         trained = [p for p in model.parameters() if p.requires_grad]
         if self.weight_avg is None:
-            raise ConfigError("proxyless.derive_weights 'averaged': no weight step was averaged")
+            raise ConfigError(f"proxyless.derive_weights {self.options.derive_weights!r}: no weight step was "
+                              "averaged")
         saved = [p.detach().clone() for p in trained]
         with torch.no_grad():
             for p, avg in zip(trained, self.weight_avg, strict=True):
@@ -346,15 +353,56 @@ class ProxylessMethod(AlphaMethod):
     def finalize(self, ctx: LoopContext) -> Arch:
         if self.options.derive == "alpha":
             return super().finalize(ctx)
-        averaged = self.options.derive_weights == "averaged"
-        with self._averaged_weights(ctx.model) if averaged else nullcontext():
-            losses = self.measured_losses(ctx)  # inf for the options never derived
-        if averaged:
+        mode = self.options.derive_weights
+        weights = ["final", "averaged"] if mode == "both" else [mode]
+        losses = {w: self._measured_on(ctx, w) for w in weights}  # inf for the options never derived
+        if mode != "final":
             ctx.extra["derive_averaged_steps"] = self.weight_avg_steps
-        ctx.extra["derive_losses"] = {k: [round(float(v), 6) if math.isfinite(v) else None for v in loss]
-                                      for k, loss in losses.items()}  # None: never derived (``none``)
+        for w in weights:  # derive_losses: the one weight set's (averaged with both); derive_losses_final beside
+            key = "derive_losses_final" if (mode, w) == ("both", "final") else "derive_losses"
+            ctx.extra[key] = {k: [round(float(v), 6) if math.isfinite(v) else None for v in loss]
+                              for k, loss in losses[w].items()}  # None: never derived (``none``)
         dec = self.space.decisions()
-        return Arch.of(self.space.name, {k: dec[k][int(loss.argmin())] for k, loss in losses.items()})
+        cells = {w: Arch.of(self.space.name, {k: dec[k][int(loss.argmin())] for k, loss in losses[w].items()})
+                 for w in weights}
+        if len({str(a) for a in cells.values()}) == 1:
+            return cells[weights[0]]
+        # both, and they differ: each cell scored whole on the averaged weights (the last weights win a tie)
+        with self._averaged_weights(ctx.model):
+            whole = {w: self.path_loss(ctx, cells[w]) for w in weights}
+        ctx.extra["derive_cells"] = {w: {"arch": str(cells[w]), "held_out_loss_averaged": round(whole[w], 6)}
+                                     for w in weights}
+        return cells[min(weights, key=lambda w: whole[w])]
+
+    def _measured_on(self, ctx: LoopContext, weights: str) -> dict[str, torch.Tensor]:
+        """``measured_losses`` on the last (``final``) or the ``averaged`` weights."""
+        with self._averaged_weights(ctx.model) if weights == "averaged" else nullcontext():
+            return self.measured_losses(ctx)
+
+    def _derive_batches(self, ctx: LoopContext) -> tuple[list[Batch], int]:
+        """The held-out batches the derivation measures on (the loop's evaluation size, no augmentation), and
+        their number of images."""
+        if ctx.held_out is None:
+            raise ConfigError("proxyless.derive 'measured' needs a held-out split (set held_out > 0)")
+        cap = ctx.cfg.eval_max_batches or None  # the loop's held-out evaluation size (0 or None: every batch)
+        batches = list(islice(iterate_batches(ctx.held_out, ctx.cfg.eval_batch_size, None, augment=False,
+                                              device=ctx.device), cap))
+        return batches, sum(len(x) for x, _ in batches)
+
+    @torch.no_grad()
+    def path_loss(self, ctx: LoopContext, arch: Arch) -> float:
+        """Held-out loss of the supernet on the single path ``arch``, measured as ``measured_losses`` measures
+        each option (the same batches, train-mode BatchNorm, running statistics untouched)."""
+        batches, n = self._derive_batches(ctx)
+        ctx.model.train()
+        with frozen_running_stats(ctx.model):
+            return self._held_out_loss(ctx, arch, batches, n)
+
+    @staticmethod
+    def _held_out_loss(ctx: LoopContext, arch: Arch, batches: list[Batch], n: int) -> float:
+        """Mean loss of the supernet's path ``arch`` over ``batches`` (``n`` images in all)."""
+        ctx.model.set_path(arch)
+        return sum(float(ctx.criterion(ctx.model(x), x, y)) * len(x) for x, y in batches) / n
 
     @torch.no_grad()
     def measured_losses(self, ctx: LoopContext) -> dict[str, torch.Tensor]:
@@ -363,17 +411,12 @@ class ProxylessMethod(AlphaMethod):
         never ``none``; the same draws for every option); train-mode BatchNorm on the held-out batches as in an
         architecture step, running statistics untouched. Deterministic for the run's seed (also when a killed
         run finalizes again)."""
-        if ctx.held_out is None:
-            raise ConfigError("proxyless.derive 'measured' needs a held-out split (set held_out > 0)")
+        batches, n = self._derive_batches(ctx)
         dec = self.space.decisions()
         fair = self.options.sampling == "fair"
         keep = {k: connected_mask(dec[k]) for k in self.keys}  # (n,) the options drawn and derived
         draw = {k: keep[k] * (1.0 if fair else torch.softmax(self.alphas[k].detach().cpu().double(), 0))
                 for k in self.keys}  # (n,) unnormalized probabilities of the options the other decisions take
-        cap = ctx.cfg.eval_max_batches or None  # the loop's held-out evaluation size (0 or None: every batch)
-        batches = list(islice(iterate_batches(ctx.held_out, ctx.cfg.eval_batch_size, None, augment=False,
-                                              device=ctx.device), cap))
-        n = sum(len(x) for x, _ in batches)
         gen = make_generator(ctx.seed, "proxyless", "derive")
         out = {}
         ctx.model.train()
@@ -384,9 +427,8 @@ class ProxylessMethod(AlphaMethod):
                     rest = {q: dec[q][int(torch.multinomial(draw[q], 1, generator=gen))] for q in self.keys}
                     for j, option in enumerate(dec[k]):
                         if keep[k][j] > 0:
-                            ctx.model.set_path(Arch.of(self.space.name, {**rest, k: option}))
-                            total[j] += sum(float(ctx.criterion(ctx.model(x), x, y)) * len(x)
-                                            for x, y in batches) / n
+                            total[j] += self._held_out_loss(ctx, Arch.of(self.space.name, {**rest, k: option}),
+                                                            batches, n)
                 out[k] = total / self.options.derive_paths
         return out
 
