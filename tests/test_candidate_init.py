@@ -222,7 +222,7 @@ def test_proxyless_both_weights_keep_the_better_whole_cell_on_the_averaged_weigh
         m = build_method("proxyless", space, {"derive": "measured", "derive_paths": 2, "sampling": "fair",
                                               "derive_weights": weights}, make_generator(0, "m"), torch.device("cpu"))
         g = torch.Generator().manual_seed(avg_seed)  # stand-in averaged weights: the trained ones, perturbed
-        m.weight_avg = [p.detach() + scale * torch.randn(p.shape, generator=g).to(memory_format=torch.preserve_format)
+        m.weight_avg = [p.detach() + scale * torch.randn(p.shape, generator=g)
                         for p in ctx.model.parameters() if p.requires_grad]
         return m
 
