@@ -93,9 +93,10 @@ class FactorizedReduce(nn.Module):
         super().__init__()
         self.relu = nn.ReLU(inplace=False)
         # stride 1 here, the subsampling in forward: a 1x1 stride-2 conv is the 1x1 conv of every second pixel
-        # (same bits forward), and oneDNN's strided 1x1 weight-gradient kernel on channels-last input with fewer
-        # input channels than its block (8 with AVX2, 16 with AVX-512) writes past its workspace and corrupts
-        # the heap (the search aborted at random on 2-channel test supernets; oneDNN issue #6035)
+        # (the same arithmetic, up to float rounding), and oneDNN's strided 1x1 weight-gradient kernel on
+        # channels-last input with fewer input channels than its block (8 with AVX2, 16 with AVX-512) writes past
+        # its workspace and corrupts the heap (the search aborted at random on 2-channel test supernets; oneDNN
+        # issue #6035)
         self.conv_1 = nn.Conv2d(cin, cout // 2, 1, bias=False)
         self.conv_2 = nn.Conv2d(cin, cout - cout // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout, affine=affine)
