@@ -37,8 +37,8 @@ NAME = "search_quality"
 class Method:
     label: str
     config: dict[str, Any]  # SearchConfig fields over the budget's common ones
-    # SPOS only: the method whose cell (same budget, source and seed) trains the supernet this one reuses
-    # (`spos.supernet_from`): the cell runs only its own evolution on that cell's finished supernet
+    # the method whose cell (same budget, source and seed) trains the supernet this one reuses (`spos.supernet_from`,
+    # `proxyless.supernet_from`): the cell runs only its own last stage (evolution; derivation) on that supernet
     supernet_of: str | None = None
 
 
@@ -106,6 +106,17 @@ METHODS: dict[str, Method] = {
         " weights, the better whole cell",
         {"method": "proxyless", "candidate_init": "identity",
          "proxyless": {"sampling": "fair", "arch_lr": 1e-2, "derive": "measured", "derive_weights": "both"}}),
+    # the same search and derivation with at most 2 parameter-free options (skip, pooling) in each weight set's cell
+    # (`proxyless.max_param_free=2`, P-DARTS's M = 2 widened from skips to pooling), read off the `both` cell's
+    # finished supernet (the same weights: only the derivation differs). Made after seeds 0-24 showed the cells of
+    # 3+ parameter-free options to be both sources' worst (real data's 77.04 among them); seeds 25-39 are its test
+    "proxyless_identity_fair_measured_both_cap2": Method(
+        "ProxylessNAS, identity-started candidates, fair weight paths, measured derivation on both weight sets, at"
+        " most 2 parameter-free options",
+        {"method": "proxyless", "candidate_init": "identity",
+         "proxyless": {"sampling": "fair", "arch_lr": 1e-2, "derive": "measured", "derive_weights": "both",
+                       "max_param_free": 2}},
+        supernet_of="proxyless_identity_fair_measured_both"),
     "spos": Method("SPOS", {"method": "spos"}),
     # the same identity start for SPOS's single-path supernet (uniform paths, evolution unchanged)
     "spos_identity": Method("SPOS, identity-started candidates", {"method": "spos", "candidate_init": "identity"}),
@@ -288,6 +299,8 @@ def cell_estimate(budget: Budget, method: str, cal: costs.Calibration) -> float:
             measured = len(dec) * len(dec[0]) * cfg.proxyless.derive_paths * n_eval * cal.path_eval
             if cfg.proxyless.derive_weights == "both":  # measured twice, then two whole cells scored
                 measured = 2 * measured + 2 * n_eval * cal.path_eval
+        if METHODS[method].supernet_of is not None:  # the supernet is another cell's: counted there
+            return measured
         return train + epochs * n_eval * cal.path_eval + measured
     o = cfg.spos
     n_score = n_held if o.eval_batches is None else min(n_held, o.eval_batches * 256)
@@ -315,7 +328,8 @@ def run_cell(ds: Any, source: str, method: str, seed: int, budget: Budget, runs:
         # the donor cell's search (returned at once when finished; else it runs here and its own cell adopts it)
         donor_dir = run_search(search_config(budget, donor, seed), ds, cell_run_dir(runs, source, donor, seed, budget),
                                device="cpu", progress=progress).out_dir
-        cfg["spos"] = {**cfg.get("spos", {}), "supernet_from": str(donor_dir)}
+        m = cfg["method"]
+        cfg[m] = {**cfg.get(m, {}), "supernet_from": str(donor_dir)}
     res = run_search(cfg, ds, cell_run_dir(runs, source, method, seed, budget), device="cpu", progress=progress)
     gt = table.lookup(res.arch)
     r = res.result

@@ -339,8 +339,10 @@ def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monke
     supernet makes it stale), and its estimate is its evolution alone (the training is the other cell's)."""
     sq, costs = _load("search_quality"), _load("costs")
     for name, m in sq.METHODS.items():
-        if m.supernet_of is not None:  # reuse only from a SPOS cell that trains its own supernet
-            assert m.config["method"] == "spos" and sq.METHODS[m.supernet_of].supernet_of is None, name
+        if m.supernet_of is not None:  # reuse only from a cell of the same method that trains its own supernet
+            donor = sq.METHODS[m.supernet_of]
+            assert m.config["method"] in ("spos", "proxyless"), name
+            assert donor.config["method"] == m.config["method"] and donor.supernet_of is None, name
     xlong = sq.BUDGETS["cpu_5k_xlong"]
     before = sq.cell_hash(xlong, "spos_big_eval", 0)
     assert before != sq.cell_hash(xlong, "spos_big_eval", 1)
@@ -348,6 +350,12 @@ def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monke
     monkeypatch.setitem(sq.METHODS, "spos", sq.Method("SPOS", {"method": "spos", "spos": {"sampling": "fair"}}))
     assert sq.cell_hash(xlong, "spos_big_eval", 0) != before
     monkeypatch.undo()
+    # a ProxylessNAS derivation on the `both` cell's supernet: its estimate is that derivation alone
+    cap, donor = "proxyless_identity_fair_measured_both_cap2", "proxyless_identity_fair_measured_both"
+    cal = costs.Calibration(supernet_step=1.0, path_step=1.0, path_eval=1.0, teacher_step=1.0, teacher_eval=1.0)
+    derive_only = 2 * (6 * 5 * 10 * 250) + 2 * 250  # twice every option of every edge on 10 draws, then two cells
+    assert sq.cell_estimate(sq.BUDGETS["cpu"], cap, cal) == derive_only
+    assert sq.cell_estimate(sq.BUDGETS["cpu"], donor, cal) > derive_only
     assert "supernet_from" not in sq.search_config(xlong, "spos_big_eval", 0)["spos"]  # set per run directory
     cal = costs.Calibration(supernet_step=1.0, path_step=1.0, path_eval=1.0, teacher_step=1.0, teacher_eval=1.0)
     # 96 candidates at most, each: 16 BN batches of 32 + the 2,500 held-out images

@@ -77,7 +77,7 @@ def test_reuse_is_refused_for_another_supernet_configuration_or_an_unfinished_ru
 
     darts = run_search(_cfg("darts"), ds, tmp_path / "darts", device="cpu", progress=False)
     assert darts.arch is not None
-    with pytest.raises(ConfigError, match="is a 'darts' run; only a SPOS run's supernet can be reused"):
+    with pytest.raises(ConfigError, match="is a 'darts' run; only a 'spos' run's supernet can be reused"):
         run_search(_spos({**reuse, "supernet_from": str(tmp_path / "darts")}), ds, tmp_path / "r_darts",
                    device="cpu", progress=False)
 
@@ -90,7 +90,7 @@ def test_reuse_is_refused_for_another_supernet_configuration_or_an_unfinished_ru
 
 
 def test_training_seconds_count_each_epoch_once_and_survive_a_cut_line(tmp_path):
-    from dfnas.search.spos.reuse import training_seconds
+    from dfnas.search.reuse import training_seconds
 
     log = tmp_path / "log.jsonl"
     assert training_seconds(log) is None

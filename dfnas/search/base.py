@@ -59,7 +59,8 @@ class SearchMethod:
 
     def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
         """Called before the training loop on a run directory without a checkpoint: a method may write one for
-        the loop to resume from (SPOS: another run's trained supernet, ``spos.supernet_from``)."""
+        the loop to resume from (another run's trained supernet: ``spos.supernet_from``,
+        ``proxyless.supernet_from``)."""
 
     def setup(self, ctx: LoopContext) -> None:
         """Called once the model is on the device, before training or loading a checkpoint."""

@@ -170,6 +170,9 @@ class Space(ABC):
     # options that carry structure rather than an operation (DARTS's 'none' = edge not selected): a restricted
     # space (``restrict_space``) always keeps them, and a pre-filter does not count them among those it keeps
     structural_options: ClassVar[tuple[str, ...]] = ()
+    # options that learn no transformation of their input (skip, pooling): what a cap on parameter-free options
+    # counts (``proxyless.max_param_free``)
+    parameter_free: ClassVar[frozenset[str]] = frozenset()
     # set for a fixed network family (``cifar_resnet``): why nothing searches it and what to do instead; its
     # networks still train and export
     not_searchable: ClassVar[str | None] = None
@@ -240,8 +243,9 @@ class Space(ABC):
         return cls.format(arch)
 
     def skip_cap_decisions(self) -> list[str]:
-        """The decisions whose skip connections a cap on skips counts and may rule out (``darts.max_skip``):
-        every decision here; the DARTS space narrows it to the normal cell, as P-DARTS does."""
+        """The decisions a cap on skips (``darts.max_skip``) or on parameter-free options
+        (``proxyless.max_param_free``) counts and may rule out: every decision here; the DARTS space narrows it
+        to the normal cell, as P-DARTS does."""
         return list(self.decisions())
 
     def sample(self, generator: torch.Generator) -> Arch:

@@ -263,6 +263,8 @@ class DartsSpace(Space):
     name = "darts"
     cpu_defaults = {"C": 8, "layers": 5}  # the paper's search size is C=16 layers=8
     structural_options = ("none",)  # marks an unselected edge (2 inputs per node): a restriction keeps it
+    # on the normal cell's edges (skip_cap_decisions): the identity and pooling (at most a BatchNorm after it)
+    parameter_free = frozenset({"skip_connect", "max_pool_3x3", "avg_pool_3x3"})
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, layers: int = 5,
                  pool_bn: bool = True, affine: bool = True, in_channels: int = 3) -> None:

@@ -119,6 +119,7 @@ class NB201Space(Space):
 
     name = "nb201"
     cpu_defaults = {"C": 8, "N": 1}  # the benchmark's size is C=16 N=5
+    parameter_free = frozenset({"skip_connect", "avg_pool_3x3"})  # identity and pooling (make_op)
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, C: int = 16, N: int = 5,
                  in_channels: int = 3) -> None:

@@ -33,6 +33,10 @@ the one of lower held-out loss as a whole path on the averaged weights. The per-
 over random other decisions, so the cell they assemble is not always the better whole: on one seed in thirty the
 averaged weights' marginals assembled an all-skip-and-pooling cell that its own weights score worse, as a whole,
 than the cell of the last weights.
+``max_param_free = M`` reads each cell with at most M parameter-free options (skip, pooling; P-DARTS's cap,
+derive.py), before the two weight sets' cells are compared. ``supernet_from = <run directory>``: the supernet of a
+finished ProxylessNAS run trained under the same options except the derivation's (``DERIVATION_OPTIONS``) is
+read instead of trained again (search/reuse.py).
 Optional hardware term on the expected MACs E = base + sum_k softmax(alpha_k) . cost_k (differentiable):
 ``mul``: L * (E / target)^beta;  ``mul_log``: L * (log E / log target)^beta (the paper's code);
 ``add``: L + lambda * (E - target) / target.
@@ -45,6 +49,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -56,6 +61,8 @@ from dfnas.repro import make_generator
 from dfnas.search.base import AlphaMethod, Batch, register_method
 from dfnas.search.bn import frozen_running_stats
 from dfnas.search.loop import LoopContext
+from dfnas.search.proxyless.derive import lowest_loss_choices
+from dfnas.search.reuse import seed_from_supernet
 from dfnas.spaces.base import Arch
 
 FLOPS_LOSSES = ("none", "mul", "mul_log", "add")
@@ -63,6 +70,14 @@ ESTIMATORS = ("binary_gate", "loss_diff")
 SAMPLINGS = ("alpha", "fair")
 DERIVES = ("alpha", "measured")
 DERIVE_WEIGHTS = ("final", "averaged", "both")
+# the options that act only when the cell is read off the trained supernet (a supernet_from donor may differ in them)
+DERIVATION_OPTIONS = ("derive", "derive_paths", "max_param_free", "supernet_from")
+
+
+def supernet_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The ProxylessNAS options that shape the trained supernet (``proxyless.supernet_from`` requires them
+    equal); ``derive_weights`` stays: ``averaged`` and ``both`` keep the running mean of the weights."""
+    return {k: v for k, v in options.items() if k not in DERIVATION_OPTIONS}
 
 
 @dataclass
@@ -95,6 +110,10 @@ class ProxylessConfig:
     # (see the module docstring)
     derive_weights: Literal["final", "averaged", "both"] = field(default="final", metadata=ADDED_LATER)
     average_from: float = field(default=0.5, metadata=ADDED_LATER)
+    # derive=measured: at most this many parameter-free options (skip, pooling) in each derived cell (None: no cap)
+    max_param_free: int | None = field(default=None, metadata=ADDED_LATER)
+    # a finished ProxylessNAS run directory whose trained supernet this search derives from (no weight training)
+    supernet_from: str | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.flops_loss not in FLOPS_LOSSES:
@@ -116,6 +135,13 @@ class ProxylessConfig:
         if self.derive_weights != "final" and self.derive != "measured":
             raise ConfigError(f"proxyless.derive_weights {self.derive_weights!r} applies to derive 'measured' (the "
                               f"only rule that reads the weights), got derive {self.derive!r}")
+        if self.max_param_free is not None and (isinstance(self.max_param_free, bool)
+                                                or not isinstance(self.max_param_free, int) or self.max_param_free < 0):
+            raise ConfigError(f"proxyless.max_param_free must be an integer >= 0 or null, got {self.max_param_free!r}")
+        for key in ("max_param_free", "supernet_from"):
+            if getattr(self, key) is not None and self.derive != "measured":
+                raise ConfigError(f"proxyless.{key} applies to derive 'measured' (the cell read off the trained "
+                                  f"supernet), got derive {self.derive!r}")
         if not 0.0 <= self.average_from < 1.0:
             raise ConfigError(f"proxyless.average_from must lie in [0, 1), got {self.average_from}")
         if self.warmup_epochs is not None and self.warmup_epochs < 0:
@@ -154,6 +180,15 @@ class ProxylessMethod(AlphaMethod):
         # trains, in the model's order) over the weight steps counted so far
         self.weight_avg: list[torch.Tensor] | None = None
         self.weight_avg_steps = 0
+        if self.options.max_param_free is not None and not any(
+                o in self.space.parameter_free for k in self.space.skip_cap_decisions()
+                for o in self.space.decisions()[k]):
+            raise ConfigError(f"proxyless.max_param_free caps parameter-free options, but space "
+                              f"{self.space.name!r} has none")
+
+    def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
+        if self.options.supernet_from is not None:
+            seed_from_supernet(self.options.supernet_from, out_dir, config_hash, identity, {}, supernet_options)
 
     def setup(self, ctx: LoopContext) -> None:
         o: ProxylessConfig = self.options
@@ -362,9 +397,7 @@ class ProxylessMethod(AlphaMethod):
             key = "derive_losses_final" if (mode, w) == ("both", "final") else "derive_losses"
             ctx.extra[key] = {k: [round(float(v), 6) if math.isfinite(v) else None for v in loss]
                               for k, loss in losses[w].items()}  # None: never derived (``none``)
-        dec = self.space.decisions()
-        cells = {w: Arch.of(self.space.name, {k: dec[k][int(loss.argmin())] for k, loss in losses[w].items()})
-                 for w in weights}
+        cells = {w: self._read_cell(ctx, losses[w], w) for w in weights}
         if len({str(a) for a in cells.values()}) == 1:
             return cells[weights[0]]
         # both, and they differ: each cell scored whole on the averaged weights (the last weights win a tie)
@@ -373,6 +406,17 @@ class ProxylessMethod(AlphaMethod):
         ctx.extra["derive_cells"] = {w: {"arch": str(cells[w]), "held_out_loss_averaged": round(whole[w], 6)}
                                      for w in weights}
         return cells[min(weights, key=lambda w: whole[w])]
+
+    def _read_cell(self, ctx: LoopContext, losses: dict[str, torch.Tensor], weights: str) -> Arch:
+        """The cell of lowest measured loss per decision, capped by ``max_param_free``; where the cap changes it,
+        the uncapped cell goes to ``derive_uncapped[weights]`` in the result."""
+        dec, cap = self.space.decisions(), self.options.max_param_free
+        cell = Arch.of(self.space.name, lowest_loss_choices(losses, dec, cap, self.space.parameter_free,
+                                                            self.space.skip_cap_decisions()))
+        uncapped = Arch.of(self.space.name, lowest_loss_choices(losses, dec))
+        if str(uncapped) != str(cell):
+            ctx.extra.setdefault("derive_uncapped", {})[weights] = str(uncapped)
+        return cell
 
     def _measured_on(self, ctx: LoopContext, weights: str) -> dict[str, torch.Tensor]:
         """``measured_losses`` on the last (``final``) or the ``averaged`` weights."""

@@ -26,13 +26,20 @@ from dfnas.repro import make_generator
 from dfnas.search.base import SearchMethod, register_method
 from dfnas.search.bn import recalibrate_bn
 from dfnas.search.loop import LoopContext
+from dfnas.search.reuse import seed_from_supernet
 from dfnas.search.spos.evolution import Evolution, EvolutionConfig
 from dfnas.search.spos.rerank import rerank
-from dfnas.search.spos.reuse import seed_from_supernet
 from dfnas.spaces.base import Arch
 
 SAMPLINGS = ("uniform", "fair")
 SCORES = ("accuracy", "loss")
+# the SPOS options that change how the supernet trains; every other SPOS option only acts in the evolution
+SUPERNET_OPTIONS = ("sampling",)
+
+
+def supernet_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The SPOS options that shape the trained supernet (``spos.supernet_from`` requires them equal)."""
+    return {k: options[k] for k in SUPERNET_OPTIONS if k in options}
 
 
 @dataclass
@@ -54,7 +61,7 @@ class SposConfig:
     # than top-1 (top-1 on 250 images moves in steps of 0.4 points and has a standard error of ~3)
     score: str = field(default="accuracy", metadata=ADDED_LATER)
     # a finished SPOS run directory whose trained supernet this search reuses: no weight training, only the
-    # evolution (reuse.py; refused unless that run trained under this search's supernet configuration)
+    # evolution (search/reuse.py; refused unless that run trained under this search's supernet configuration)
     supernet_from: str | None = field(default=None, metadata=ADDED_LATER)
     # re-ranking (rerank.py): the evolution's best rerank_top candidates (0: off) each fine-tuned alone from
     # their inherited weights for rerank_steps steps (cosine from rerank_lr to 0), then scored on every
@@ -98,7 +105,8 @@ class SposMethod(SearchMethod):
 
     def seed_run(self, out_dir: Path, config_hash: str, identity: dict[str, Any]) -> None:
         if self.options.supernet_from is not None:
-            seed_from_supernet(self.options.supernet_from, out_dir, config_hash, identity, self._finalize_state())
+            seed_from_supernet(self.options.supernet_from, out_dir, config_hash, identity, self._finalize_state(),
+                               supernet_options)
 
     def before_weight_step(self, ctx: LoopContext) -> None:
         if self.options.sampling == "uniform":
