@@ -109,7 +109,7 @@ METHODS: dict[str, Method] = {
     # the same search and derivation with at most 2 parameter-free options (skip, pooling) in each weight set's cell
     # (`proxyless.max_param_free=2`, P-DARTS's M = 2 widened from skips to pooling), read off the `both` cell's
     # finished supernet (the same weights: only the derivation differs). Made after seeds 0-24 showed the cells of
-    # 3+ parameter-free options to be both sources' worst (real data's 77.04 among them); seeds 25-39 are its test
+    # 3+ parameter-free options to be both sources' worst (real data's 77.04 among them); seeds 25-34 are its test
     "proxyless_identity_fair_measured_both_cap2": Method(
         "ProxylessNAS, identity-started candidates, fair weight paths, measured derivation on both weight sets, at"
         " most 2 parameter-free options",

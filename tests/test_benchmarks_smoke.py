@@ -350,14 +350,13 @@ def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monke
     monkeypatch.setitem(sq.METHODS, "spos", sq.Method("SPOS", {"method": "spos", "spos": {"sampling": "fair"}}))
     assert sq.cell_hash(xlong, "spos_big_eval", 0) != before
     monkeypatch.undo()
+    assert "supernet_from" not in sq.search_config(xlong, "spos_big_eval", 0)["spos"]  # set per run directory
+    cal = costs.Calibration(supernet_step=1.0, path_step=1.0, path_eval=1.0, teacher_step=1.0, teacher_eval=1.0)
     # a ProxylessNAS derivation on the `both` cell's supernet: its estimate is that derivation alone
     cap, donor = "proxyless_identity_fair_measured_both_cap2", "proxyless_identity_fair_measured_both"
-    cal = costs.Calibration(supernet_step=1.0, path_step=1.0, path_eval=1.0, teacher_step=1.0, teacher_eval=1.0)
     derive_only = 2 * (6 * 5 * 10 * 250) + 2 * 250  # twice every option of every edge on 10 draws, then two cells
     assert sq.cell_estimate(sq.BUDGETS["cpu"], cap, cal) == derive_only
     assert sq.cell_estimate(sq.BUDGETS["cpu"], donor, cal) > derive_only
-    assert "supernet_from" not in sq.search_config(xlong, "spos_big_eval", 0)["spos"]  # set per run directory
-    cal = costs.Calibration(supernet_step=1.0, path_step=1.0, path_eval=1.0, teacher_step=1.0, teacher_eval=1.0)
     # 96 candidates at most, each: 16 BN batches of 32 + the 2,500 held-out images
     assert sq.cell_estimate(xlong, "spos_big_eval", cal) == 16 * 6 * (16 * 32 + 2500)
     assert sq.cell_estimate(xlong, "spos", cal) == 300 * 78 * 32 + 16 * 6 * (4 * 32 + 1024)

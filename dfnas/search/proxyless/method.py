@@ -180,9 +180,9 @@ class ProxylessMethod(AlphaMethod):
         # trains, in the model's order) over the weight steps counted so far
         self.weight_avg: list[torch.Tensor] | None = None
         self.weight_avg_steps = 0
+        dec = self.space.decisions()
         if self.options.max_param_free is not None and not any(
-                o in self.space.parameter_free for k in self.space.skip_cap_decisions()
-                for o in self.space.decisions()[k]):
+                o in self.space.parameter_free for k in self.space.skip_cap_decisions() for o in dec[k]):
             raise ConfigError(f"proxyless.max_param_free caps parameter-free options, but space "
                               f"{self.space.name!r} has none")
 
@@ -411,9 +411,11 @@ class ProxylessMethod(AlphaMethod):
         """The cell of lowest measured loss per decision, capped by ``max_param_free``; where the cap changes it,
         the uncapped cell goes to ``derive_uncapped[weights]`` in the result."""
         dec, cap = self.space.decisions(), self.options.max_param_free
+        uncapped = Arch.of(self.space.name, lowest_loss_choices(losses, dec))
+        if cap is None:
+            return uncapped
         cell = Arch.of(self.space.name, lowest_loss_choices(losses, dec, cap, self.space.parameter_free,
                                                             self.space.skip_cap_decisions()))
-        uncapped = Arch.of(self.space.name, lowest_loss_choices(losses, dec))
         if str(uncapped) != str(cell):
             ctx.extra.setdefault("derive_uncapped", {})[weights] = str(uncapped)
         return cell
