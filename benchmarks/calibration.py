@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
 
 import common  # noqa: E402
+import reporting  # noqa: E402
 
 NAME = "calibration"
 
@@ -195,7 +196,7 @@ def summarize(budget_name: str, budget: Budget, cells: list[dict[str, Any]], ref
     agg = over_seeds(cells)
     summary = {"benchmark": NAME, "budget": budget_name, "note": budget.note, "cells": cells,
                "over_seeds": agg, "real_references": refs, "real_halves_spearman": refs["real_test_halves"],
-               "environment": common.environment()}
+               "environment": reporting.environment()}
     lines = [f"# Recursive label calibration ({budget_name} budget)\n",
              f"{budget.note}; ResNet-20 teacher. Spearman = rank correlation of the 90 off-diagonal entries of the "
              "class-similarity matrix (teacher probabilities at T=1, centre crops) with the one of the 1,017 real "
@@ -204,10 +205,10 @@ def summarize(budget_name: str, budget: Budget, cells: list[dict[str, Any]], ref
              f"3,000 JPEG test images {refs['real_test_jpeg_3000']:.3f}.\n"]
     if seeded:
         rows = [[SETTINGS[a["setting"]].label, len(a["seeds"]),
-                 *(common.fmt_pm(v, 3) for v in a["per_round"].values()), f"**{common.fmt_pm(a['all'], 3)}**",
+                 *(reporting.fmt_pm(v, 3) for v in a["per_round"].values()), f"**{reporting.fmt_pm(a['all'], 3)}**",
                  f"{a['rising']} of {len(a['seeds'])}"] for a in agg]
         n_rounds = max(len(a["per_round"]) for a in agg)
-        lines.append(common.md_table(["setting", "seeds", *(f"round {r}" for r in range(n_rounds)),
+        lines.append(reporting.md_table(["setting", "seeds", *(f"round {r}" for r in range(n_rounds)),
                                       "all rounds", "last round > round 0"], rows))
         lines.append("\nPer seed:\n")
     rows = []
@@ -216,13 +217,13 @@ def summarize(budget_name: str, budget: Budget, cells: list[dict[str, Any]], ref
             rows.append([_label(c, seeded), r, f"{rec['agreement']:.1%}", f"{rec['mean_entropy']:.3f}",
                          f"{rec['second_class_mass']:.3f}", f"{rec['similarity_spearman']:.3f}"])
         rows.append([_label(c, seeded), "all", f"{c['agreement']:.1%}", "", "", f"**{c['spearman_all']:.3f}**"])
-    lines.append(common.md_table(["setting", "round", "teacher agreement", "entropy (nats)", "2nd-class mass",
+    lines.append(reporting.md_table(["setting", "round", "teacher agreement", "entropy (nats)", "2nd-class mass",
                                   "Spearman vs real"], rows))
     return summary, "\n".join(lines)
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     colors = {n: f"C{i}" for i, n in enumerate(SETTINGS)}
     labelled: set[str] = set()
@@ -242,7 +243,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     axes[1].set_xlabel("round")
     axes[1].set_ylabel("teacher entropy (nats)")
     axes[0].legend(fontsize=6)
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for n in SETTINGS for s in all_seeds
              if (c := store.get(*cell_parts(n, s), cell_hash=cell_hash(n, budget, s))) is not None]
     summary, md = summarize(args.budget, budget, cells, references())
-    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "calibration per round")
+    reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "calibration per round")
     return 0
 
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `co
 
 import common  # noqa: E402
 import costs  # noqa: E402
+import reporting  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "datafree_training"
@@ -145,25 +146,26 @@ def summarize(budget_name: str, budget: Budget, arch: str, how: str, gt: dict[st
     for v in variants:
         cs = sorted((c for c in cells if c["variant"] == v), key=lambda c: c["seed"])
         if cs:
-            m, s = common.mean_std([c["test_top1"] for c in cs])
+            m, s = reporting.mean_std([c["test_top1"] for c in cs])
             groups[v] = {"label": VARIANTS[v].label, "data_free": VARIANTS[v].data_free,
                          "seeds": [c["seed"] for c in cs], "test_top1": [c["test_top1"] for c in cs],
-                         "mean": m, "std": s, "train_time_mean_s": common.mean_std([c["train_time_s"] for c in cs])[0]}
+                         "mean": m, "std": s,
+                         "train_time_mean_s": reporting.mean_std([c["train_time_s"] for c in cs])[0]}
     summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(), "arch": arch,
                "arch_choice": how, "nb201": gt, "teacher": {"name": common.TEACHER_NAME, "test_top1": teacher_top1},
-               "groups": groups, "cells": cells, "data": data_info, "environment": common.environment()}
+               "groups": groups, "cells": cells, "data": data_info, "environment": reporting.environment()}
     lines = [f"# Data-free training of the found network ({budget_name} budget)\n",
              f"{budget.note}. Architecture `{arch}` ({how}); NAS-Bench-201 ground truth with full CIFAR-10 "
              f"training for 200 epochs: {gt['cifar10']:.2f} %.\n",
              "Top-1 (%) on the 1,017 bit-exact real CIFAR-10 test images (true labels), mean ± sample std over "
              "training seeds. Every row trains the same network from scratch with the same settings on the same "
              "number of images.\n"]
-    rows = [[g["label"], "yes" if g["data_free"] else "no", common.fmt_pm(g["test_top1"]),
+    rows = [[g["label"], "yes" if g["data_free"] else "no", reporting.fmt_pm(g["test_top1"]),
              ", ".join(f"{a:.2f}" for a in g["test_top1"]), common.fmt_duration(g["train_time_mean_s"])]
             for g in groups.values()]
     rows.append([f"teacher ({common.TEACHER_NAME}, trained on all 50,000 real images)", "–", f"{teacher_top1:.2f}",
                  "–", "–"])
-    lines.append(common.md_table(["training data and supervision", "data-free", "top-1 real test",
+    lines.append(reporting.md_table(["training data and supervision", "data-free", "top-1 real test",
                                   "per seed", "train time"], rows))
     lines.append("\n'online teacher distillation' = KL to the teacher's logits on the very augmented batch the "
                  "student sees (T=4); 'stored teacher logits' = KL to the logits saved with each synthetic image "
@@ -172,7 +174,7 @@ def summarize(budget_name: str, budget: Budget, arch: str, how: str, gt: dict[st
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     groups = summary["groups"]
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     names = list(groups)
@@ -187,7 +189,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xlim(0, 100)
     ax.set_title(f"Found network trained from scratch ({summary['budget']} budget; blue = data-free)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     data_info = {s: {"label": SOURCES[s].label, **common.get_source_info(work / NAME, s)}
                  for s in {VARIANTS[v].source for v in shown}}
     summary, md = summarize(args.budget, budget, arch_str, how, gt, cells, shown, teacher_top1, data_info)
-    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "data-free training")
+    reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "data-free training")
     return 0
 
 

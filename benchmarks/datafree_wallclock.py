@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `co
 
 import common  # noqa: E402
 import costs  # noqa: E402
+import reporting  # noqa: E402
 from common import DataBudget  # noqa: E402
 
 NAME = "datafree_wallclock"
@@ -211,16 +212,17 @@ def summarize(budget_name: str, budget: Budget, arch: str, cells: list[dict[str,
     groups: dict[str, Any] = {}
     for v in shown:
         cs = [c for c in cells if c["variant"] == v]
-        m, s = common.mean_std([c["test_top1"] for c in cs])
+        m, s = reporting.mean_std([c["test_top1"] for c in cs])
         groups[v] = {"label": VARIANTS[v].label, "data_free": VARIANTS[v].data_free, "seeds": [c["seed"] for c in cs],
                      "test_top1": [c["test_top1"] for c in cs], "mean": m, "std": s,
-                     "n_images": cs[0]["n_images"], "make_seconds": common.mean_std([c["make_seconds"] for c in cs])[0],
-                     "train_seconds": common.mean_std([c["train_seconds"] for c in cs])[0]}
+                     "n_images": cs[0]["n_images"],
+                     "make_seconds": reporting.mean_std([c["make_seconds"] for c in cs])[0],
+                     "train_seconds": reporting.mean_std([c["train_seconds"] for c in cs])[0]}
         at = [top1_at(c, real_wall[c["seed"]]) for c in cs if c["seed"] in real_wall]
         if at:  # None = still making its data at that moment: counted as chance (10 %)
             groups[v]["top1_at_real_wall"] = [10.0 if a is None else a for a in at]
     summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(), "arch": arch,
-               "groups": groups, "cells": cells, "environment": common.environment()}
+               "groups": groups, "cells": cells, "environment": reporting.environment()}
     lines = [f"# Data-free training against wall-clock time ({budget_name} budget)\n",
              f"{budget.note}. Network: NAS-Bench-201 cell `{arch}`, trained from scratch. Top-1 (%) on the 1,017 "
              "bit-exact real CIFAR-10 test images, mean ± sample std over seeds. Wall time = seconds to make the "
@@ -231,12 +233,12 @@ def summarize(budget_name: str, budget: Budget, arch: str, cells: list[dict[str,
         at = g.get("top1_at_real_wall")
         ratio = "–"
         if g["data_free"] and real is not None and at:
-            g["ratio_at_equal_wall"] = common.mean_std(at)[0] / real["mean"]
+            g["ratio_at_equal_wall"] = reporting.mean_std(at)[0] / real["mean"]
             ratio = f"{g['ratio_at_equal_wall']:.2f}"
         rows.append([g["label"], "yes" if g["data_free"] else "no", f"{g['n_images']:,}",
                      common.fmt_duration(g["make_seconds"]), common.fmt_duration(g["train_seconds"]),
-                     common.fmt_pm(g["test_top1"]), common.fmt_pm(at) if at else "–", ratio])
-    lines.append(common.md_table(["data and supervision", "data-free", "images", "making the data", "training",
+                     reporting.fmt_pm(g["test_top1"]), reporting.fmt_pm(at) if at else "–", ratio])
+    lines.append(reporting.md_table(["data and supervision", "data-free", "images", "making the data", "training",
                                   "top-1 after training", "top-1 at real's wall time", "ratio to real"], rows))
     lines.append("'top-1 at real's wall time': what each variant had reached when real JPEG with true labels finished "
                  "its training (same seed), counting the time to make its data; 'ratio to real' divides that by "
@@ -245,7 +247,7 @@ def summarize(budget_name: str, budget: Budget, arch: str, cells: list[dict[str,
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     colours = dict(zip(VARIANTS, ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:gray", "black"],
                        strict=True))
@@ -261,7 +263,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"Same network, same steps ({summary['budget']} budget); dashed = uses real images", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for v in VARIANTS for k in sorted(set(seeds) | set(budget.seeds))
              if (c := store.get(key, v, f"seed{k}", cell_hash=cell_hash(budget, args.arch, v, k))) is not None]
     summary, md = summarize(args.budget, budget, args.arch, cells)
-    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "data-free training vs wall time")
+    reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "data-free training vs wall time")
     return 0
 
 

@@ -47,6 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
 
 import common  # noqa: E402
+import reporting  # noqa: E402
 
 NAME = "gpu_protocol"
 
@@ -157,7 +158,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Prepared device run ({summary['budget']} budget)", "", summary["note"], ""]
     if a:
         lines += ["## A. Data-free distillation, ResNet-56 teacher -> ResNet-20 student", "",
-                  common.md_table(["teacher top-1", "student top-1", "images", "synthesis", "training",
+                  reporting.md_table(["teacher top-1", "student top-1", "images", "synthesis", "training",
                                    "epochs (weight steps)"],
                                   [[f"{a['teacher_top1']:.2f}", f"{a['student_top1']:.2f}", a["images"],
                                     common.fmt_duration(a["synthesis_s"]), common.fmt_duration(a["train_time_s"]),
@@ -166,7 +167,7 @@ def markdown(summary: dict[str, Any]) -> str:
         tr = b.get("train") or {}
         lines += ["## B. DARTS-space search on synthetic data and a short retrain", "",
                   f"Found genotype: `{b['genotype']}`", "",
-                  common.md_table(["retrained top-1", "retraining epochs", "stage seconds"],
+                  reporting.md_table(["retrained top-1", "retraining epochs", "stage seconds"],
                                   [[f"{tr['test_top1']:.2f}" if tr.get("test_top1") is not None else "–",
                                     tr.get("epochs"), json.dumps(b["stage_seconds"])]]), ""]
     lines += ["Top-1 on the 1,017 bit-exact real CIFAR-10 test images (evaluation only)."]
@@ -175,7 +176,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
     """Bars of real-test top-1: part A's teacher and data-free student, part B's retrained genotype."""
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     a, b = summary["parts"].get("a"), summary["parts"].get("b")
     bars = ([("ResNet-56 teacher", a["teacher_top1"]), ("ResNet-20, data-free", a["student_top1"])] if a else [])
     if b and (b.get("train") or {}).get("test_top1") is not None:
@@ -187,7 +188,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.set_ylabel("top-1 on 1,017 real test images (%)")
     ax.set_title(f"prepared device run ({summary['budget']})")
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         if rec is not None:
             done[part] = rec
     summary = {"benchmark": NAME, "budget": args.budget, "budget_settings": asdict(budget), "note": budget.note,
-               "parts": done, "environment": common.environment()}
-    common.publish(args.out, f"{NAME}_{args.budget}", summary, markdown(summary), plot, "prepared device run")
+               "parts": done, "environment": reporting.environment()}
+    reporting.publish(args.out, f"{NAME}_{args.budget}", summary, markdown(summary), plot, "prepared device run")
     return 0
 
 

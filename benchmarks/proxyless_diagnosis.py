@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
 
 import common  # noqa: E402
+import reporting  # noqa: E402
 import search_quality as sq  # noqa: E402
 from common import SOURCES  # noqa: E402
 
@@ -247,7 +248,7 @@ def summarize(cells: list[dict[str, Any]], budget_name: str) -> tuple[dict[str, 
                            "final_held_out_acc": [c["held_out_acc"][-1] for c in cs],
                            "alpha_grad_sum_mean": a_sum, "gate_grad_mean": g_mean})
     summary = {"benchmark": NAME, "budget": budget_name, "variants": {v: c for v, (c, _) in VARIANTS.items()},
-               "groups": groups, "cells": cells, "environment": common.environment()}
+               "groups": groups, "cells": cells, "environment": reporting.environment()}
     lines = [f"# ProxylessNAS diagnosis ({budget_name} budget)\n",
              "ProxylessNAS on NAS-Bench-201 at the search-quality budget (500 images per source, C=8 N=1, 210 weight "
              "steps, the last two thirds with an arch step each). Per op, summed over the six edges and the search: "
@@ -256,19 +257,20 @@ def summarize(cells: list[dict[str, Any]], budget_name: str) -> tuple[dict[str, 
              "derived path at the end; how many of the found cell's six edges are parameter-free "
              "(none / skip / pool).\n",
              "## Found cells\n"]
-    rows = [[g["variant"], SOURCES[g["source"]].label, common.fmt_pm(g["acc"]),
+    rows = [[g["variant"], SOURCES[g["source"]].label, reporting.fmt_pm(g["acc"]),
              ", ".join(str(n) for n in g["parameter_free_edges"]),
              ", ".join(f"{x:.3f}" for x in g["final_prob_spread"]),
              ", ".join(f"{x:.1f}" for x in g["final_held_out_acc"])] for g in groups]
-    lines.append(common.md_table(["variant", "source", "NB201 CIFAR-10 (mean ± std)", "parameter-free edges per seed",
-                                  "softmax(alpha) spread per seed", "held-out acc. per seed"], rows))
+    lines.append(reporting.md_table(["variant", "source", "NB201 CIFAR-10 (mean ± std)",
+                                     "parameter-free edges per seed", "softmax(alpha) spread per seed",
+                                     "held-out acc. per seed"], rows))
     lines.append("\n## Summed dL/dalpha per op (mean over seeds; negative = the estimator raises the op)\n")
-    lines.append(common.md_table(["variant", "source", *OPS],
+    lines.append(reporting.md_table(["variant", "source", *OPS],
                                  [[g["variant"], SOURCES[g["source"]].label,
                                    *(f"{g['alpha_grad_sum_mean'][o]:+.2f}" for o in OPS)] for g in groups]))
     lines.append("\n## Mean estimator signal per op (mean over seeds): the gate gradient dL/dg, or for `loss_diff` "
                  "the held-out loss measured with the op on its edge (lower = the op fits better)\n")
-    lines.append(common.md_table(["variant", "source", *OPS],
+    lines.append(reporting.md_table(["variant", "source", *OPS],
                                  [[g["variant"], SOURCES[g["source"]].label,
                                    *(f"{g['gate_grad_mean'][o]:+.4f}" for o in OPS)] for g in groups]))
     lines += exact_section(cells)
@@ -301,21 +303,21 @@ def exact_section(cells: list[dict[str, Any]]) -> list[str]:
                          for i, oo in enumerate(e["options"]) if oo == o) / (len(cs) * len(cs[0]["exact_edges"]))
                   for o in OPS}
             out.append(f"**{v}, {SOURCES[s].label}** (seeds {', '.join(str(c['seed']) for c in cs)})\n")
-            out.append(common.md_table(
+            out.append(reporting.md_table(
                 ["", "NB201 CIFAR-10 per seed", "mean ± std"],
                 [["search's cell", ", ".join(f"{c['nb201_cifar10']:.2f}" for c in cs),
-                  common.fmt_pm([c["nb201_cifar10"] for c in cs])],
+                  reporting.fmt_pm([c["nb201_cifar10"] for c in cs])],
                  ["lowest-loss cell", ", ".join(f"{c['exact_cell_nb201']:.2f}" for c in cs),
-                  common.fmt_pm([c["exact_cell_nb201"] for c in cs])]]))
+                  reporting.fmt_pm([c["exact_cell_nb201"] for c in cs])]]))
             out.append("")
-            out.append(common.md_table(["", *OPS], [["op − edge mean", *(f"{gap[o]:+.4f}" for o in OPS)],
+            out.append(reporting.md_table(["", *OPS], [["op − edge mean", *(f"{gap[o]:+.4f}" for o in OPS)],
                                                     ["paired sd", *(f"{sd[o]:.4f}" for o in OPS)]]))
             out.append("")
             if all("bn_layers" in c for c in cs):
                 out.append("BatchNorm statistics of the search's cell on its path (per seed): running against batch "
                            "statistics on the held-out images (mean over the path's layers and channels), and the "
                            "held-out loss with each\n")
-                out.append(common.md_table(
+                out.append(reporting.md_table(
                     ["seed", "BN layers", "abs(Δmean) / running std", "abs(log(var / running var))",
                      "loss, running stats", "loss, batch stats"],
                     [[c["seed"], c["bn_layers"], f"{c['bn_mean_shift']:.2f}", f"{c['bn_log_var_ratio']:.2f}",
@@ -328,7 +330,7 @@ def exact_section(cells: list[dict[str, Any]]) -> list[str]:
 def plot(summary: dict[str, Any], path: Path) -> Path:
     """Per source of the base variant (else of the first variant with cells): cumulative summed dL/dalpha per op
     over the epochs (mean over seeds)."""
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     variant = next((v for v in VARIANTS if any(c["variant"] == v for c in summary["cells"])), "base")
     cells = [c for c in summary["cells"] if c["variant"] == variant]
     sources = [s for s in SOURCES if any(c["source"] == s for c in cells)]
@@ -352,7 +354,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     fig.suptitle(f"ProxylessNAS: which ops the estimator favours ({summary['budget']} budget, {variant} variant)",
                  fontsize=10)
     fig.tight_layout()
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                           cell_hash=cell_hash(budget, v, k))
     cells = [c for s, v, k in grid if (c := store.get(s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k)))]
     summary, md = summarize(cells, args.budget)
-    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ProxylessNAS diagnosis",
+    reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ProxylessNAS diagnosis",
                    f"{len(cells)} of {len(grid)} cells")
     return 0
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `co
 
 import common  # noqa: E402
 import costs  # noqa: E402
+import reporting  # noqa: E402
 from common import SOURCES, DataBudget  # noqa: E402
 
 NAME = "ranking_consistency"
@@ -310,7 +311,7 @@ def summarize(budget_name: str, budget: Budget, cells: list[dict[str, Any]], per
     summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(),
                "cells": cells, "scores": per_source, "stats": stats,
                "sources": {s: {"label": SOURCES[s].label, **data_info.get(s, {})} for s in sources},
-               "environment": common.environment()}
+               "environment": reporting.environment()}
     lines = [f"# Ranking consistency by data source ({budget_name} budget)\n",
              f"{budget.note}. {len(cells)} NAS-Bench-201 cells drawn across the accuracy range "
              f"(stratified, seed {budget.cell_seed}; ground truth {min(gt):.2f}–{max(gt):.2f} %). Each proxy score "
@@ -336,7 +337,7 @@ def summarize(budget_name: str, budget: Budget, cells: list[dict[str, Any]], per
                          "–" if vr is None else fmt(vr["kendall_tau"])])
         if rows:
             lines.append(f"## {PROXY_LABELS[proxy]}\n")
-            lines.append(common.md_table(["source", "τ real test", "ρ real test", "τ real test (top half)",
+            lines.append(reporting.md_table(["source", "τ real test", "ρ real test", "τ real test (top half)",
                                           "mean real-test acc (%)", "τ held-out", "ρ held-out",
                                           "mean held-out acc (%)", "τ vs real-data scores"], rows))
             lines.append("")
@@ -348,7 +349,7 @@ def summarize(budget_name: str, budget: Budget, cells: list[dict[str, Any]], per
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
     """Scatter per source (columns) and proxy (rows): x = NB201 ground truth, y = real-test top-1."""
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     sources = list(summary["sources"])
     proxies = [p for p in PROXIES if any(p in summary["stats"][s] for s in sources)]
     gt = [c["nb201_cifar10"] for c in summary["cells"]]
@@ -374,7 +375,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     axes[0][0].legend(fontsize=6)
     fig.suptitle(f"Ranking consistency ({summary['budget']} budget); τ = Kendall tau real test / held-out",
                  fontsize=9)
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = [s for s in SOURCES if s in per_source]
     info = {s: common.get_source_info(work / NAME, s) for s in shown}
     summary, md = summarize(args.budget, budget, cells, per_source, shown, info)
-    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ranking consistency",
+    reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ranking consistency",
                    f"{sum(s in shown for s in common.grid_sources())} of {len(common.grid_sources())} sources "
                    "complete")
     return 0

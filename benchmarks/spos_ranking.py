@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `co
 
 import common  # noqa: E402
 import ranking_consistency as rc  # noqa: E402
+import reporting  # noqa: E402
 
 NAME = "spos_ranking"
 # ops that pass the signal on without parameters (proxyless_diagnosis counts "none" too: edges without
@@ -119,7 +120,7 @@ def summarize(budget_name: str, archs: list[dict[str, Any]], results: dict[str, 
                "variants": {v: {"label": VARIANTS[v].label, "space": VARIANTS[v].space, "loop": VARIANTS[v].loop,
                                 "data": VARIANTS[v].data} for v in results},
                "cells": [rec for per in results.values() for rec in per.values()], "stats": stats,
-               "environment": common.environment()}
+               "environment": reporting.environment()}
     rows = []
     for v, per in stats.items():
         for s, st in per.items():
@@ -142,7 +143,7 @@ def summarize(budget_name: str, archs: list[dict[str, Any]], results: dict[str, 
              f"and of the {len(gt_no_route)} without one (ground truth "
              f"{sum(gt_route) / max(len(gt_route), 1):.2f} against "
              f"{sum(gt_no_route) / max(len(gt_no_route), 1):.2f} %).\n",
-             common.md_table(["variant", "source", "seed", "τ", "p (τ = 0)", "τ (top half)", "mean top-1 (%)",
+             reporting.md_table(["variant", "source", "seed", "τ", "p (τ = 0)", "τ (top half)", "mean top-1 (%)",
                               f"spread of the {len(archs)}",
                               "route / no route", "τ held-out", "supernet steps", "wall"], rows),
              "'τ held-out': the same cells scored by agreement with the source's own labels on its held-out split "
@@ -155,7 +156,7 @@ def summarize(budget_name: str, archs: list[dict[str, Any]], results: dict[str, 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
     """Kendall τ per variant and source, with the bar at 0.3."""
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     labels, taus = [], []
     for v, per in summary["stats"].items():
         for s, st in per.items():
@@ -169,7 +170,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("Kendall τ (inherited weights)", fontsize=8)
     ax.legend(fontsize=7)
     ax.set_title(f"SPOS supernet ranking of {len(summary['archs'])} NB201 cells ({summary['budget']})", fontsize=9)
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         common.log(f"{NAME} [{args.budget}]: nothing finished yet")
         return 0
     summary, md = summarize(args.budget, cells, results, routes)
-    common.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "SPOS supernet ranking by supernet settings")
+    reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "SPOS supernet ranking by supernet settings")
     return 0
 
 

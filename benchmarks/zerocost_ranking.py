@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import reporting
 import torch
 from common import SOURCES
 
@@ -157,7 +158,7 @@ def run(args: Any, budget: Any, archs: list[Any], cells: list[dict], sources: li
             _searches(s, ds, budget, zb, store, runs, h_search, args.quiet)
     summary, md = summarize(args.budget, budget, zb, cells, large, table, store, (h_rank, h_large, h_search),
                             correlations)
-    common.publish(out, f"ranking_consistency_zerocost_{args.budget}", summary, md, plot,
+    reporting.publish(out, f"ranking_consistency_zerocost_{args.budget}", summary, md, plot,
                    "zero-cost proxies against NAS-Bench-201")
     return 0
 
@@ -193,7 +194,7 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
     h_rank, h_large, h_search = hashes
     gt = [c["nb201_cifar10"] for c in cells]
     gt_large = [table.lookup(a)["cifar10"] for a in large]
-    fmt = common.fmt_pm
+    fmt = reporting.fmt_pm
     rank: dict[str, Any] = {}
     big: dict[str, Any] = {}
     search: dict[str, Any] = {}
@@ -218,7 +219,7 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
     summary = {"benchmark": "ranking_consistency_zerocost", "budget": budget_name, "zerocost": asdict(zb),
                "cells": cells, "rank": rank, "large_sample": {"n": len(large), "seed": LARGE_SEED, "stats": big},
                "search": search, "bar": {"kendall_tau": BAR_TAU, "found_acc": BAR_ACC},
-               "environment": common.environment()}
+               "environment": reporting.environment()}
     lines = [f"# Zero-cost proxies as rankers ({budget_name} budget)\n",
              f"Training-free: each proxy scores the untrained network (NB201 C={budget.space.get('C')} "
              f"N={budget.space.get('N')}, initialized from (seed {budget.seed}, cell)) on {zb.batches} batch(es) "
@@ -228,17 +229,17 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
              f"## {len(cells)} stratified cells (the cells of the trained rankers)\n"]
     rows = [[SOURCES[s].label] + [f"{rank[s][p]['kendall_tau']:.2f} / {rank[s][p]['spearman_rho']:.2f}"
                                   for p in _names(rank)] + [f"{rank[s]['seconds_per_cell']:.2f}"] for s in rank]
-    lines.append(common.md_table(["source"] + [f"{p} τ / ρ" for p in _names(rank)] + ["s per cell (all)"], rows))
+    lines.append(reporting.md_table(["source"] + [f"{p} τ / ρ" for p in _names(rank)] + ["s per cell (all)"], rows))
     lines.append(f"\n## Large sample: {len(large)} stratified cells (seed {LARGE_SEED})\n")
     rows = [[SOURCES[s].label] + [f"{big[s][p]['kendall_tau']:.3f} / {big[s][p]['spearman_rho']:.3f}"
                                   for p in _names(big)] for s in big]
-    lines.append(common.md_table(["source"] + [f"{p} τ / ρ" for p in _names(big)], rows))
+    lines.append(reporting.md_table(["source"] + [f"{p} τ / ρ" for p in _names(big)], rows))
     lines.append(f"\n## Training-free search: NB201 CIFAR-10 accuracy of the found cell ({zb.candidates} "
                  f"candidates, seeds {list(zb.seeds)}; mean ± std)\n")
     procs = list(zb.search_proxies)
     rows = [[SOURCES[s].label] + [fmt(search[s][p]["accs"]) if p in search[s] else "–" for p in procs]
             for s in search]
-    lines.append(common.md_table(["source"] + procs, rows))
+    lines.append(reporting.md_table(["source"] + procs, rows))
     same = [p for p in procs if len({tuple(search[s][p]["archs"]) for s in search if p in search[s]}) == 1]
     if len(search) > 1 and same:
         lines.append(f"\nWith {', '.join(same)}, every source finds the very same cell for each seed: the search's "
@@ -249,10 +250,10 @@ def summarize(budget_name: str, budget: Any, zb: ZcBudget, cells: list[dict], la
         stats, n = (big[s], len(large)) if s in big else (rank.get(s, {}), len(cells))
         for p in procs:
             if p in search[s] and p in stats:
-                tau, (m, _) = stats[p]["kendall_tau"], common.mean_std(search[s][p]["accs"])
+                tau, (m, _) = stats[p]["kendall_tau"], reporting.mean_std(search[s][p]["accs"])
                 met = "yes" if tau >= BAR_TAU and m >= BAR_ACC else "no"
                 rows.append([SOURCES[s].label, p, f"{tau:.3f} ({n} cells)", f"{m:.2f}", met])
-    lines.append(common.md_table(["source", "ranker / search proxy", "τ", "found cell (%)", "bar met"], rows))
+    lines.append(reporting.md_table(["source", "ranker / search proxy", "τ", "found cell (%)", "bar met"], rows))
     return summary, "\n".join(lines)
 
 
@@ -264,7 +265,7 @@ def _names(stats: dict[str, dict[str, Any]]) -> list[str]:
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
     """NASWOT score against NB201 accuracy per source (the 30 cells)."""
-    plt = common.pyplot()
+    plt = reporting.pyplot()
     srcs = list(summary["rank"]) or ["-"]
     gt = [c["nb201_cifar10"] for c in summary["cells"]]
     fig, axes = plt.subplots(1, len(srcs), figsize=(2.4 * len(srcs) + 0.6, 2.6), squeeze=False)
@@ -279,4 +280,4 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("NB201 CIFAR-10 acc. (%)", fontsize=7)
         ax.tick_params(labelsize=6)
     axes[0][0].set_ylabel("NASWOT log|K_H|", fontsize=7)
-    return common.save_figure(fig, path)
+    return reporting.save_figure(fig, path)

@@ -55,10 +55,11 @@ def test_cell_store_roundtrip_and_refuses_other_settings(tmp_path):
 
 def test_helpers():
     common = _load("common")
+    reporting = _load("reporting")
     rc = _load("ranking_consistency")
-    m, s = common.mean_std([1.0, 2.0, 3.0])
+    m, s = reporting.mean_std([1.0, 2.0, 3.0])
     assert m == 2.0 and s == 1.0
-    assert common.mean_std([4.0]) == (4.0, 0.0)
+    assert reporting.mean_std([4.0]) == (4.0, 0.0)
     assert common.parse_seeds("0-2") == [0, 1, 2] and common.parse_seeds("3,5") == [3, 5]
     assert common.parse_subset("plain,real", list(common.SOURCES), "sources") == ["real", "plain"]
     with pytest.raises(SystemExit):
@@ -67,7 +68,7 @@ def test_helpers():
     c = rc.correlations([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0])
     assert c["kendall_tau"] == pytest.approx(1.0) and c["spearman_rho"] == pytest.approx(1.0)
     assert math.isnan(rc.correlations([1.0, 2.0, 3.0], [5.0, 5.0, 5.0])["kendall_tau"])
-    assert "| a | b |" in common.md_table(["a", "b"], [[1, 2]])
+    assert "| a | b |" in reporting.md_table(["a", "b"], [[1, 2]])
 
 
 @pytest.mark.integration
@@ -136,9 +137,9 @@ def test_datafree_wallclock_and_calibration_smoke(tmp_path, capsys):
 
 
 def test_paired_difference_matches_a_hand_computed_example():
-    common = _load("common")
+    reporting = _load("reporting")
     # differences 1, 2, 3: mean 2, sd 1; t(0.975, 2 dof) = 4.302653 -> CI 2 -/+ 4.302653 / sqrt(3)
-    r = common.paired_difference({0: 11.0, 1: 12.0, 2: 13.0, 9: 5.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    r = reporting.paired_difference({0: 11.0, 1: 12.0, 2: 13.0, 9: 5.0}, {0: 10.0, 1: 10.0, 2: 10.0})
     assert r["seeds"] == [0, 1, 2] and r["n"] == 3 and r["diffs"] == [1.0, 2.0, 3.0]
     half = 4.302653 / math.sqrt(3)
     assert r["mean_diff"] == pytest.approx(2.0) and r["sd_diff"] == pytest.approx(1.0)
@@ -147,9 +148,10 @@ def test_paired_difference_matches_a_hand_computed_example():
     assert r["p_t"] == pytest.approx(0.07418, abs=1e-4)
     # all differences positive: only the all-plus and all-minus sign patterns reach |sum| = 6 -> 2 / 8
     assert r["p_perm"] == pytest.approx(0.25) and r["verdict"] == "within noise"
-    clear = common.paired_difference({k: 90.0 + k for k in range(5)}, {k: 80.0 + k + 0.1 * (k % 2) for k in range(5)})
+    clear = reporting.paired_difference({k: 90.0 + k for k in range(5)},
+                                        {k: 80.0 + k + 0.1 * (k % 2) for k in range(5)})
     assert clear["verdict"] == "a better" and clear["ci"][0] > 9
-    assert common.paired_difference({0: 1.0}, {0: 2.0}) is None  # one shared seed: nothing to test
+    assert reporting.paired_difference({0: 1.0}, {0: 2.0}) is None  # one shared seed: nothing to test
 
 
 def test_calibration_summary_over_seeds_counts_rises_and_keeps_old_cells_in_place():
@@ -347,7 +349,8 @@ def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monke
     before = sq.cell_hash(xlong, "spos_big_eval", 0)
     assert before != sq.cell_hash(xlong, "spos_big_eval", 1)
     # the donor trained otherwise, its own options unchanged: the reusing cell is another cell
-    monkeypatch.setitem(sq.METHODS, "spos", sq.Method("SPOS", {"method": "spos", "spos": {"sampling": "fair"}}))
+    monkeypatch.setitem(sq.METHODS, "spos", _load("search_quality_grid").Method(
+        "SPOS", {"method": "spos", "spos": {"sampling": "fair"}}))
     assert sq.cell_hash(xlong, "spos_big_eval", 0) != before
     monkeypatch.undo()
     assert "supernet_from" not in sq.search_config(xlong, "spos_big_eval", 0)["spos"]  # set per run directory
@@ -367,15 +370,15 @@ def test_a_cell_on_another_cells_supernet_is_keyed_and_costed_by_that_cell(monke
 def test_same_supernet_comparison_pairs_a_reusing_method_with_its_donor_per_source():
     """`spos_rerank` against `spos` on the same seeds of each source (a - b per seed); sources or seeds the two do
     not share are left out, and a method without a donor is not compared."""
-    sq = _load("search_quality")
+    report = _load("search_quality_report")
     acc = {("full", "spos"): [92.0, 93.0, 91.0], ("full", "spos_rerank"): [93.0, 93.5, 92.0],
            ("real", "spos"): [90.0], ("real", "spos_rerank"): [89.0]}
     cells = [{"source": s, "method": m, "seed": i, "nb201_cifar10": a}
              for (s, m), accs in acc.items() for i, a in enumerate(accs)]
-    out = sq.same_supernet_comparisons(cells, ["full", "real"], ["spos", "spos_rerank", "darts_beta"])
+    out = report.same_supernet_comparisons(cells, ["full", "real"], ["spos", "spos_rerank", "darts_beta"])
     assert [(c["method"], c["donor"], c["source"], c["n"]) for c in out] == [("spos_rerank", "spos", "full", 3)]
     assert out[0]["mean_diff"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
-    assert sq.same_supernet_comparisons(cells, ["full"], ["spos_rerank"]) == []  # donor not in the report
+    assert report.same_supernet_comparisons(cells, ["full"], ["spos_rerank"]) == []  # donor not in the report
 
 
 def test_proxyless_diagnosis_measures_the_supernet_without_the_estimator(tmp_path, monkeypatch, capsys):
@@ -476,10 +479,11 @@ def _exact_sign_flip(d):
 def test_sign_flip_p_is_exact_up_to_16_seeds_and_a_seeded_estimate_beyond():
     """Up to 16 seeds every sign pattern is enumerated; beyond, the (2^n, n) table would outgrow memory (30 seeds:
     8 GiB, which killed a 30-seed benchmark summary), so seeded random patterns estimate it, close to exact."""
-    common = _load("common")
+    reporting = _load("reporting")
     d = np.linspace(-0.5, 2.0, 18)  # 18 differences, mostly positive
-    assert common.sign_flip_p(d[:16]) == (pytest.approx(_exact_sign_flip(d[:16])), True)
-    p, is_exact = common.sign_flip_p(d)
-    assert not is_exact and p == pytest.approx(_exact_sign_flip(d), abs=0.003) and common.sign_flip_p(d) == (p, False)
-    r = common.paired_difference({k: 93.0 + 0.01 * k for k in range(30)}, {k: 92.0 for k in range(30)})
+    assert reporting.sign_flip_p(d[:16]) == (pytest.approx(_exact_sign_flip(d[:16])), True)
+    p, is_exact = reporting.sign_flip_p(d)
+    assert not is_exact and p == pytest.approx(_exact_sign_flip(d), abs=0.003)
+    assert reporting.sign_flip_p(d) == (p, False)
+    r = reporting.paired_difference({k: 93.0 + 0.01 * k for k in range(30)}, {k: 92.0 for k in range(30)})
     assert r["n"] == 30 and r["p_perm"] == pytest.approx(1 / 200_001) and r["p_perm_draws"] == 200_000
