@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_data import soft_image_set
 from torch import nn
 
 from dfnas.errors import ConfigError
@@ -177,13 +178,9 @@ def test_proxyless_averaged_weights_are_the_mean_of_the_counted_steps_and_only_e
     """derive_weights=averaged: the method keeps the mean of the trained weights after each weight step past
     average_from of the search (computed here from snapshots), measures the derivation's losses on them, and
     leaves the training and the final weights exactly as without it; bad values are refused."""
-    from dfnas.data import ImageSet
     from dfnas.search import run_search
 
-    g = torch.Generator().manual_seed(0)
-    ds = ImageSet(torch.randint(0, 256, (40, 3, 10, 10), generator=g, dtype=torch.uint8),
-                  torch.softmax(torch.randn(40, 4, generator=g) * 3, 1), 8, [str(i) for i in range(4)],
-                  label_mode="soft")
+    ds = soft_image_set()
     proxyless = {"sampling": "fair", "derive": "measured", "derive_paths": 2, "average_from": 0.5}
     cfg = {"method": "proxyless", "space": {"name": "nb201", "options": {"C": 2}}, "epochs": 2, "batch_size": 5,
            "eval_max_batches": 1, "candidate_init": "identity", "seed": 3}

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
+from tiny_data import soft_image_set
 
-from dfnas.data import ImageSet
 from dfnas.errors import ConfigError
 from dfnas.repro import make_generator
 from dfnas.search import run_search
@@ -54,13 +54,6 @@ def test_the_cap_keeps_a_choice_without_a_parametric_alternative_and_breaks_ties
     assert lowest_loss_choices(losses, dec, 2, FREE, list(dec)) == {"a": "conv1", "only_free": "skip", "b": "skip"}
 
 
-def _data() -> ImageSet:
-    g = torch.Generator().manual_seed(0)
-    return ImageSet(torch.randint(0, 256, (40, 3, 10, 10), generator=g, dtype=torch.uint8),
-                    torch.softmax(torch.randn(40, 4, generator=g) * 3, 1), 8, [str(i) for i in range(4)],
-                    label_mode="soft")
-
-
 def _cfg(**proxyless) -> dict:
     return {"method": "proxyless", "space": {"name": "nb201", "options": {"C": 2}}, "epochs": 2, "batch_size": 5,
             "eval_max_batches": 1, "candidate_init": "identity", "seed": 3,
@@ -69,7 +62,7 @@ def _cfg(**proxyless) -> dict:
 
 
 def test_a_capped_derivation_on_a_finished_supernet_equals_a_capped_search_and_trains_nothing(tmp_path):
-    ds = _data()
+    ds = soft_image_set()
     donor = run_search(_cfg(), ds, tmp_path / "donor", device="cpu", progress=False)
     scratch = run_search(_cfg(max_param_free=0), ds, tmp_path / "scratch", device="cpu", progress=False)
     reused = run_search(_cfg(max_param_free=0, supernet_from=str(tmp_path / "donor")), ds, tmp_path / "reused",
@@ -89,7 +82,7 @@ def test_a_capped_derivation_on_a_finished_supernet_equals_a_capped_search_and_t
 
 
 def test_the_cap_and_the_reuse_refuse_what_they_cannot_do(tmp_path):
-    ds = _data()
+    ds = soft_image_set()
     run_search(_cfg(), ds, tmp_path / "donor", device="cpu", progress=False)
     reuse = {"max_param_free": 2, "supernet_from": str(tmp_path / "donor")}
     cases = [
