@@ -154,6 +154,14 @@ CPU_5K = Budget(
     seeds=(0, 1, 2),
     note="cpu_5k: 5,000 images per source; NB201 supernet C=8 N=1; 3 epochs x batch 32 (234 weight steps)")
 
+
+def _cpu_5k_longer(name: str, epochs: int) -> Budget:
+    """``cpu_5k`` with ``epochs`` epochs (78 weight steps each: 2,500 training images in batches of 32)."""
+    return replace(CPU_5K, search={**CPU_5K.search, "epochs": epochs},
+                   note=f"{name}: 5,000 images per source; NB201 supernet C=8 N=1; {epochs} epochs x batch 32 "
+                        f"({epochs * 78:,} weight steps)")
+
+
 BUDGETS: dict[str, Budget] = {
     # A few steps of everything on 40 images: proves the pipeline end to end; the numbers mean nothing.
     "smoke": Budget(
@@ -187,22 +195,13 @@ BUDGETS: dict[str, Budget] = {
         note="cpu_5k_n5_long: 5,000 images per source; NB201 supernet C=8 N=5 (the benchmark's depth); 10 "
              "epochs x batch 32 (780 weight steps)"),
     # As cpu_5k with 10x the weight steps (30 epochs, 2,340 steps): is SPOS's supernet just undertrained?
-    "cpu_5k_long": replace(
-        CPU_5K, search={**CPU_5K.search, "epochs": 30},
-        note="cpu_5k_long: 5,000 images per source; NB201 supernet C=8 N=1; 30 epochs x batch 32 (2,340 weight "
-             "steps)"),
+    "cpu_5k_long": _cpu_5k_longer("cpu_5k_long", 30),
     # As cpu_5k with 100x the weight steps (300 epochs, 23,400 steps), for SPOS: at this order of steps its
     # supernet's inherited weights start to rank the ranking benchmark's cells (spos_ranking.py, data5k_long:
     # 24,000 steps on 4,000 images: tau 0.53 real, 0.37 / 0.40 generator); about 25 min per SPOS seed on one core
-    "cpu_5k_xlong": replace(
-        CPU_5K, search={**CPU_5K.search, "epochs": 300},
-        note="cpu_5k_xlong: 5,000 images per source; NB201 supernet C=8 N=1; 300 epochs x batch 32 (23,400 "
-             "weight steps)"),
+    "cpu_5k_xlong": _cpu_5k_longer("cpu_5k_xlong", 300),
     # Twice that (600 epochs, 46,800 steps), for SPOS: from 2,340 to 23,400 steps its found cell rose by 1.3-4.5
     # points per source and stopped 0.32 short of 93.0 on full synthesis; does the rise go on? About 50 min per
     # seed on one core (a killed search resumes at its last epoch)
-    "cpu_5k_xxlong": replace(
-        CPU_5K, search={**CPU_5K.search, "epochs": 600},
-        note="cpu_5k_xxlong: 5,000 images per source; NB201 supernet C=8 N=1; 600 epochs x batch 32 (46,800 "
-             "weight steps)"),
+    "cpu_5k_xxlong": _cpu_5k_longer("cpu_5k_xxlong", 600),
 }
