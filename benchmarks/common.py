@@ -295,6 +295,11 @@ class CellStore:
             return None
         return rec
 
+    def seeds(self) -> set[int]:
+        """The seeds of every stored cell named ``seed<k>`` (any source and method; stale ones included: ``get``
+        still filters them), so a summary can cover every finished seed, not only those of its command."""
+        return {int(p.stem[4:]) for p in self.root.rglob("seed*.json") if p.stem[4:].isdigit()}
+
     def put(self, record: dict[str, Any], *parts: str, cell_hash: str) -> dict[str, Any]:
         from dfnas.io import atomic_write_json
 

@@ -227,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                 store.put(rec, s, m, f"seed{k}", cell_hash=cell_hash(budget, m, k))
                 common.log(f"  found {rec['arch']} -> {rec['nb201_cifar10']:.2f}% "
                            f"({rec['nb201_percentile']:.1f} pct); {eta.done(per_method[m], time.perf_counter() - t0)}")
-    # the summary covers every finished cell of this budget, not only this invocation's subset, so the grid
-    # can be run in pieces (or in parallel processes) and the last piece writes the complete report
-    all_seeds = sorted(set(seeds) | set(budget.seeds))
+    # the summary covers every finished cell of this budget (every seed in the store, adopted ones included), not
+    # only this invocation's subset, so the grid can be run in pieces (or in parallel processes) and the last
+    # piece writes the complete report
+    all_seeds = sorted(set(seeds) | set(budget.seeds) | store.seeds())
     cells = [c for s in SOURCES for m in METHODS for k in all_seeds
              if (c := store.get(s, m, f"seed{k}", cell_hash=cell_hash(budget, m, k))) is not None]
     shown_s = [s for s in SOURCES if any(c["source"] == s for c in cells)]

@@ -53,6 +53,18 @@ def test_cell_store_roundtrip_and_refuses_other_settings(tmp_path):
     assert store.get("a", "b", cell_hash="h2") is None  # other settings: stale, recomputed
 
 
+def test_cell_store_lists_the_seeds_of_every_stored_cell(tmp_path):
+    """A summary covers every finished seed, not only those of the command that writes it (a run of seeds 24-34
+    once published a report of seeds 0-2 and 24-34 only)."""
+    common = _load("common")
+    store = common.CellStore(tmp_path)
+    assert store.seeds() == set()
+    for parts in (("full", "darts", "seed0"), ("real", "spos", "seed17"), ("noise", "darts", "seed3"),
+                  ("full", "darts", "seedx"), ("full", "zerocost", "cell5")):
+        store.put({"x": 1.0}, *parts, cell_hash="h")
+    assert store.seeds() == {0, 3, 17}
+
+
 def test_helpers():
     common = _load("common")
     reporting = _load("reporting")
