@@ -34,6 +34,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def fmt_pm(values: Sequence[float], digits: int = 2) -> str:
+    """``mean ± std`` of ``values`` (the mean alone for one value; ``–`` for none)."""
     m, s = mean_std(values)
     if math.isnan(m):
         return "–"
@@ -121,6 +122,8 @@ def publish(out: Path, stem: str, summary: dict[str, Any], markdown: str,
 
 
 def environment() -> dict[str, Any]:
+    """The library's `environment_info` (versions, host facts) and the current 1-minute load average, recorded
+    with every summary."""
     from dfnas.io import environment_info
 
     return {**environment_info(), "load_average_1min": load_average()}
