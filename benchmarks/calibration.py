@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 common.log(f"calibration: {n}, seed {seed}")
                 store.put(run_setting(n, budget, work, not args.quiet, seed), *cell_parts(n, seed), cell_hash=h)
     # every finished cell of the budget, not only this invocation's, so pieces run apart add up to one report
-    all_seeds = sorted(set(seeds) | set(budget.seeds))
+    all_seeds = sorted(set(seeds) | set(budget.seeds) | store.seeds())
     cells = [c for n in SETTINGS for s in all_seeds
              if (c := store.get(*cell_parts(n, s), cell_hash=cell_hash(n, budget, s))) is not None]
     summary, md = summarize(args.budget, budget, cells, references())

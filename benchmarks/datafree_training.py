@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         store.put(rec, key, v, f"seed{k}", cell_hash=cell_hash(budget, arch_str, v, k))
         common.log(f"  {v} seed {k}: top-1 {rec['test_top1']:.2f}% on real test; "
                    f"{eta.done(estimate(budget, [v], 1, cals[0], big[0]), time.perf_counter() - t0)}")
-    all_seeds = sorted(set(seeds) | set(budget.seeds))
+    # every finished cell of the budget, not only this invocation's, so pieces run apart add up to one report
+    all_seeds = sorted(set(seeds) | set(budget.seeds) | store.seeds())
     cells = [c for v in VARIANTS for k in all_seeds
              if (c := store.get(key, v, f"seed{k}", cell_hash=cell_hash(budget, arch_str, v, k))) is not None]
     shown = [v for v in VARIANTS if any(c["variant"] == v for c in cells)]

@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         rec = run_cell(budget, args.arch, v, k, ds, make_s, run_dir, not args.quiet)
         store.put(rec, key, v, f"seed{k}", cell_hash=cell_hash(budget, args.arch, v, k))
         common.log(f"  {v} seed {k}: top-1 {rec['test_top1']:.2f}% after {rec['train_seconds']:.0f} s of training")
-    cells = [c for v in VARIANTS for k in sorted(set(seeds) | set(budget.seeds))
+    # every finished cell of the budget, not only this invocation's, so pieces run apart add up to one report
+    cells = [c for v in VARIANTS for k in sorted(set(seeds) | set(budget.seeds) | store.seeds())
              if (c := store.get(key, v, f"seed{k}", cell_hash=cell_hash(budget, args.arch, v, k))) is not None]
     summary, md = summarize(args.budget, budget, args.arch, cells)
     reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "data-free training vs wall time")
