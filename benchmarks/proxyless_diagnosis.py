@@ -395,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                     datasets[s], _ = common.prepare_source(s, budget.data, work, not args.quiet)
                 store.put(with_bn_statistics(rec, datasets[s], budget, runs), s, v, f"seed{k}",
                           cell_hash=cell_hash(budget, v, k))
-    cells = [c for s, v, k in grid if (c := store.get(s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k)))]
+    # every finished cell of the budget, not only this invocation's seeds, so pieces run apart add up to one report
+    cells = [c for v, (_, srcs) in VARIANTS.items() for s in srcs for k in sorted(set(seeds) | store.seeds())
+             if (c := store.get(s, v, f"seed{k}", cell_hash=cell_hash(budget, v, k)))]
     summary, md = summarize(cells, args.budget)
     reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "ProxylessNAS diagnosis",
                    f"{len(cells)} of {len(grid)} cells")
