@@ -499,3 +499,32 @@ def test_sign_flip_p_is_exact_up_to_16_seeds_and_a_seeded_estimate_beyond():
     assert reporting.sign_flip_p(d) == (p, False)
     r = reporting.paired_difference({k: 93.0 + 0.01 * k for k in range(30)}, {k: 92.0 for k in range(30)})
     assert r["n"] == 30 and r["p_perm"] == pytest.approx(1 / 200_001) and r["p_perm_draws"] == 200_000
+
+
+def test_datafree_gap_smoke_measures_both_diagnostics_and_resumes(tmp_path):
+    from dfnas.assets import asset_path
+
+    if asset_path("cifar10", "jpeg", "train") is None:
+        pytest.skip("shared assets (CIFAR-10 JPEG) not found")
+    import torch
+
+    gap = _load("datafree_gap")
+    args = ["--budget", "smoke", "--threads", "1", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"),
+            "--quiet", "--variants", "generator,real"]
+    threads = torch.get_num_threads()
+    try:
+        assert gap.main(args) == 0
+        first = json.loads((tmp_path / "out" / "datafree_gap_smoke.json").read_text())
+        assert gap.main(args) == 0  # every cell stored: nothing trains again, the same cells are summarized
+    finally:
+        torch.set_num_threads(threads)
+    again = json.loads((tmp_path / "out" / "datafree_gap_smoke.json").read_text())
+    assert again["cells"] == first["cells"]
+    assert {c["setting"] for c in first["cells"]} == {"generator", "real"}
+    for c in first["cells"]:
+        assert all(0.0 <= c[m] <= 100.0 for m in ("test_top1", "bn_real", "bn_own"))
+    # on real images the "own" images are the real training images: both re-estimations see the same batches
+    (real,) = [c for c in first["cells"] if c["setting"] == "real"]
+    assert real["bn_real"] == real["bn_own"]
+    assert "real - generator" in first["comparisons"] and first["comparisons"]["real - generator"] is None  # 1 seed
+    assert (tmp_path / "out" / "datafree_gap_smoke.png").is_file()

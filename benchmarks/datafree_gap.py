@@ -1,0 +1,248 @@
+"""Where data-free training loses to real data, step for step: one network, one recipe, one step count.
+
+``datafree_wallclock`` shows that after the same steps the data-free network reaches about 0.8 of the same
+network trained on real images. This benchmark looks for where that gap lies. Every setting trains the default
+run's cell (C=8 N=1) from scratch with the default run's distillation recipe (Nesterov SGD, cosine, T=16 on
+mixup batches that the online teacher labels) for the same steps of the same batch size, on 10,000 images:
+
+- ``generator``        the few-step generator's static 10,000 images (data-free);
+- ``real``             10,000 real JPEG training images, labelled the same way by the teacher (not data-free);
+- ``generator_lr01``   the generator's images with a larger step and less weight decay (lr 0.1, 5e-5): is
+                       the recipe, tuned on nothing in particular, what holds the data-free student back?
+
+After training, two diagnostics on every cell (the trained weights are left as they are):
+
+- ``bn_real``: the student's BatchNorm running statistics re-estimated on the 10,000 real training images
+  (uses real data: a diagnostic only). If the synthetic images' feature statistics were what the student lacked,
+  this would recover much of the gap;
+- ``bn_own``: the same re-estimation on the cell's own training images, the control (the running averages
+  of training replaced by exact statistics of the same images).
+
+    python benchmarks/datafree_gap.py --budget smoke
+    python benchmarks/datafree_gap.py --budget cpu [--variants generator,real] [--seeds 0,1,2]
+
+Resumable per (setting, seed) cell under benchmarks/_work/<budget>/datafree_gap/cells/; a killed cell is
+trained again from the start. Writes datafree_gap_<budget>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `common` sits beside this file
+
+import common  # noqa: E402
+import reporting  # noqa: E402
+from common import DataBudget  # noqa: E402
+
+NAME = "datafree_gap"
+DEFAULT_ARCH = "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+
+
+@dataclass(frozen=True)
+class Setting:
+    label: str
+    source: str  # a common.SOURCES name
+    data_free: bool
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over the budget's
+
+
+SETTINGS: dict[str, Setting] = {
+    "generator": Setting("few-step generator, static", "generator", True),
+    "real": Setting("real (JPEG), same teacher labels", "real", False),
+    "generator_lr01": Setting("few-step generator, lr 0.1, weight decay 5e-5", "generator", True,
+                              {"lr": 0.1, "weight_decay": 5e-5}),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    data: DataBudget
+    space: dict[str, Any]
+    train: dict[str, Any]  # TrainConfig fields shared by every setting; epochs follow from max_steps
+    seeds: tuple[int, ...]
+    note: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"data": self.data.as_dict(), "space": self.space, "train": self.train}
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(DataBudget(40, "tiny", {"batch_size": 20, "steps": 4, "generator": {"warmup_batches": 1}}),
+                    {"C": 4, "N": 1}, {"batch_size": 10, "max_steps": 6, "temperature": 16.0, "mix": "mixup"},
+                    (0,), "smoke: sizes cut down to check the script runs; the numbers mean nothing"),
+    # the default run's training recipe (dfnas/presets/default.yaml), 1,000 steps instead of its 2,340; the
+    # 10,000 images are the ones datafree_wallclock's cpu budget trains on (the same cached datasets)
+    "cpu": Budget(DataBudget(10000, "default", home="cpu"), {"C": 8, "N": 1},
+                  {"batch_size": 128, "lr": 0.05, "lr_min": 0.0, "nesterov": True, "weight_decay": 5e-4,
+                   "temperature": 16.0, "mix": "mixup", "max_steps": 1000}, (0, 1, 2),
+                  "cpu: 1,000 steps of batch 128 on a C=8 N=1 network, 10,000 images, distillation from the online "
+                  "teacher at T=16 on mixup batches (the default run's recipe)"),
+}
+
+
+def cell_hash(budget: Budget, arch: str, setting: str, seed: int) -> str:
+    return common.stable_hash({"budget": budget.as_dict(), "arch": arch,
+                               "setting": dataclasses.asdict(SETTINGS[setting]), "seed": seed})
+
+
+def bn_reestimated_top1(model: Any, images: Any, real_test: Any) -> float:
+    """Top-1 on ``real_test`` of a copy of ``model`` whose BatchNorm statistics are re-estimated on the centre
+    crops of ``images`` (an ImageSet); the weights are unchanged."""
+    import torch
+
+    from dfnas.data import iterate_batches
+    from dfnas.search.bn import recalibrate_bn
+    from dfnas.train import evaluate
+
+    m = copy.deepcopy(model)
+    recalibrate_bn(m, (x for x, _ in iterate_batches(images, 250, None, augment=False, device=torch.device("cpu"))))
+    return evaluate(m, real_test, "cpu")
+
+
+def run_cell(budget: Budget, arch_str: str, name: str, seed: int, ds: Any, real_train: Any, run_dir: Path,
+             progress: bool) -> dict[str, Any]:
+    """Train one setting from scratch, then measure the two BatchNorm diagnostics."""
+    from dfnas.spaces.nb201 import NB201Space
+    from dfnas.train import evaluate, train_network
+
+    s = SETTINGS[name]
+    real_test = common.real_test_set()
+    shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell starts over (the trained model is needed below)
+    steps_per_epoch = max(1, len(ds) // int(budget.train["batch_size"]))
+    cfg = {**budget.train, **s.train, "epochs": math.ceil(int(budget.train["max_steps"]) / steps_per_epoch),
+           "seed": seed, "held_out": 0.0, "device": "cpu"}
+    trained: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    res = train_network(cfg, NB201Space.parse(arch_str), {"name": "nb201", **budget.space}, ds, run_dir,
+                        device="cpu", test_data=real_test, progress=progress, teacher=common.teacher(),
+                        on_step=lambda ctx: trained.__setitem__("model", ctx.model))
+    train_s = time.perf_counter() - t0
+    model = trained["model"]  # the loop's network, updated in place: its final weights
+    top1 = evaluate(model, real_test, "cpu")
+    if abs(top1 - res["test_top1"]) > 1e-9:
+        raise RuntimeError(f"the captured network scores {top1}, the run reported {res['test_top1']}")
+    return {"setting": name, "seed": seed, "arch": arch_str, "source": s.source, "n_images": len(ds),
+            "train_seconds": round(train_s, 2), "weight_steps": res["weight_steps"], "test_top1": top1,
+            "bn_real": bn_reestimated_top1(model, real_train, real_test),
+            "bn_own": bn_reestimated_top1(model, ds, real_test), "load_average_1min": common.load_average()}
+
+
+def summarize(budget_name: str, budget: Budget, arch: str, cells: list[dict[str, Any]]) -> tuple[dict, str]:
+    shown = [k for k in SETTINGS if any(c["setting"] == k for c in cells)]
+    groups: dict[str, Any] = {}
+    for k in shown:
+        cs = [c for c in cells if c["setting"] == k]
+        groups[k] = {"label": SETTINGS[k].label, "data_free": SETTINGS[k].data_free,
+                     "seeds": [c["seed"] for c in cs],
+                     **{m: [c[m] for c in cs] for m in ("test_top1", "bn_real", "bn_own", "train_seconds")}}
+    by_seed = {k: {m: {c["seed"]: c[m] for c in cells if c["setting"] == k} for m in ("test_top1", "bn_real")}
+               for k in shown}
+    comparisons: dict[str, Any] = {}
+    if "generator" in by_seed and "real" in by_seed:
+        comparisons["real - generator"] = reporting.paired_difference(by_seed["real"]["test_top1"],
+                                                                      by_seed["generator"]["test_top1"])
+        comparisons["generator: bn_real - trained"] = reporting.paired_difference(
+            by_seed["generator"]["bn_real"], by_seed["generator"]["test_top1"])
+        comparisons["real: bn_real - trained"] = reporting.paired_difference(
+            by_seed["real"]["bn_real"], by_seed["real"]["test_top1"])
+        real_m = reporting.mean_std(groups["real"]["test_top1"])[0]
+        for k in shown:
+            if SETTINGS[k].data_free:
+                groups[k]["ratio_to_real"] = reporting.mean_std(groups[k]["test_top1"])[0] / real_m
+    if "generator" in by_seed and "generator_lr01" in by_seed:
+        comparisons["generator_lr01 - generator"] = reporting.paired_difference(
+            by_seed["generator_lr01"]["test_top1"], by_seed["generator"]["test_top1"])
+    summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(), "arch": arch,
+               "groups": groups, "comparisons": comparisons, "cells": cells, "environment": reporting.environment()}
+    lines = [f"# Where data-free training loses to real data, step for step ({budget_name} budget)\n",
+             f"{budget.note}. Network: NAS-Bench-201 cell `{arch}`, trained from scratch. Top-1 (%) on the 1,017 "
+             "bit-exact real CIFAR-10 test images, mean ± sample std over seeds.\n"]
+    rows = [[g["label"], "yes" if g["data_free"] else "no", reporting.fmt_pm(g["test_top1"]),
+             f"{g['ratio_to_real']:.2f}" if "ratio_to_real" in g else "–", reporting.fmt_pm(g["bn_real"]),
+             reporting.fmt_pm(g["bn_own"]), len(g["seeds"])] for g in groups.values()]
+    lines.append(reporting.md_table(["images and recipe", "data-free", "top-1 after training", "ratio to real",
+                                     "BN statistics re-estimated on real images", "… on its own images", "seeds"],
+                                    rows))
+    lines.append("The two right-hand columns keep the trained weights and only re-estimate the BatchNorm running "
+                 "statistics (on the 10,000 real training images, a diagnostic that uses real data; or on the "
+                 "network's own training images, the control).\n")
+    crow = [[name, ", ".join(f"{d:+.2f}" for d in c["diffs"]), f"{c['mean_diff']:+.2f}",
+             f"{c['ci'][0]:+.2f} to {c['ci'][1]:+.2f}", f"{c['p_t']:.3f}", c["verdict"]]
+            for name, c in comparisons.items() if c is not None]
+    if crow:
+        lines.append("Paired over seeds (a − b; 95 % t interval):\n")
+        lines.append(reporting.md_table(["a − b", "per seed", "mean", "95 % CI", "t-test p", "verdict"], crow))
+    return summary, "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    plt = reporting.pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    groups = summary["groups"]
+    metrics = [("test_top1", "after training", "tab:blue"), ("bn_real", "BN stats on real images", "tab:orange"),
+               ("bn_own", "BN stats on own images", "tab:gray")]
+    width = 0.8 / len(metrics)
+    for j, (m, label, colour) in enumerate(metrics):
+        for i, g in enumerate(groups.values()):
+            x = i + (j - (len(metrics) - 1) / 2) * width
+            mean = reporting.mean_std(g[m])[0]
+            ax.bar(x, mean, width, color=colour, alpha=0.7, label=label if i == 0 else None)
+            ax.scatter([x] * len(g[m]), g[m], color="black", s=8, zorder=3)
+    ax.set_xticks(range(len(groups)), [g["label"] for g in groups.values()], fontsize=7)
+    ax.set_ylabel("top-1 on real test images (%)")
+    ax.set_title(f"Same network, recipe and steps ({summary['budget']} budget); dots = seeds", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
+    return reporting.save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.make_parser(__doc__, list(BUDGETS))
+    common.add_training_args(p, list(SETTINGS), DEFAULT_ARCH, "the default run's")
+    args = p.parse_args(argv)
+    work, out = common.setup(args)
+    budget = BUDGETS[args.budget]
+    settings, seeds = common.chosen_variants_and_seeds(args, list(SETTINGS), budget.seeds)
+    store = common.CellStore(work / NAME / "cells")
+    key = "arch-" + common.stable_hash(args.arch)[:8]
+    todo = [] if args.summary_only or args.estimate_only else [
+        (k, s) for k in settings for s in seeds
+        if store.get(key, k, f"seed{s}", cell_hash=cell_hash(budget, args.arch, k, s)) is None]
+    common.log(f"{NAME} [{args.budget}]: {len(todo)} trainings to run")
+    if args.estimate_only:
+        common.log(f"about {len(todo) or len(settings) * len(seeds)} trainings of {budget.train['max_steps']} steps "
+                   "(datafree_wallclock --estimate-only times one such training)")
+        return 0
+    if todo:
+        from dfnas.data import read_real
+
+        real_train = read_real(common.real_subset(budget.data.n_images, budget.data.root(work)))
+    for k, s in todo:
+        ds, _ = common.prepare_source(SETTINGS[k].source, budget.data, work, not args.quiet)
+        common.log(f"training {k} seed {s} ({len(ds)} images)")
+        run_dir = work / NAME / "runs" / key / k / common.run_name(f"seed{s}", cell_hash(budget, args.arch, k, s))
+        rec = run_cell(budget, args.arch, k, s, ds, real_train, run_dir, not args.quiet)
+        store.put(rec, key, k, f"seed{s}", cell_hash=cell_hash(budget, args.arch, k, s))
+        common.log(f"  {k} seed {s}: top-1 {rec['test_top1']:.2f}% (BN on real {rec['bn_real']:.2f}, on own "
+                   f"{rec['bn_own']:.2f}) after {rec['train_seconds']:.0f} s")
+    cells = [c for k in SETTINGS for s in sorted(set(seeds) | set(budget.seeds) | store.seeds())
+             if (c := store.get(key, k, f"seed{s}", cell_hash=cell_hash(budget, args.arch, k, s))) is not None]
+    if not cells:
+        common.log("no finished cells to summarize")
+        return 0
+    summary, md = summarize(args.budget, budget, args.arch, cells)
+    reporting.publish(out, f"{NAME}_{args.budget}", summary, md, plot, "data-free vs real, same steps")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
