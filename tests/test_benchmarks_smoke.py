@@ -522,7 +522,7 @@ def test_datafree_gap_smoke_measures_both_diagnostics_and_resumes(tmp_path):
     assert again["cells"] == first["cells"]
     assert {c["setting"] for c in first["cells"]} == {"generator", "real"}
     for c in first["cells"]:
-        assert all(0.0 <= c[m] <= 100.0 for m in ("test_top1", "bn_real", "bn_own"))
+        assert all(0.0 <= c[m] <= 100.0 for m in ("test_top1", "bn_real", "bn_own", "agree_own", "agree_real"))
     # on real images the "own" images are the real training images: both re-estimations see the same batches
     (real,) = [c for c in first["cells"] if c["setting"] == "real"]
     assert real["bn_real"] == real["bn_own"]
