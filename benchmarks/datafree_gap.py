@@ -6,11 +6,13 @@ run's cell (C=8 N=1) from scratch with the default run's distillation recipe (Ne
 mixup batches that the online teacher labels) for the same steps of the same batch size, on 10,000 images:
 
 - ``generator``        the few-step generator's static 10,000 images (data-free);
+- ``generator_online`` the same images as a replay bank the generator keeps refreshing (1,000 new images an
+                       epoch; the default run's data-free training): do fresh images help at this length?
 - ``real``             10,000 real JPEG training images, labelled the same way by the teacher (not data-free);
-- ``generator_lr01``   the generator's images with a larger step and less weight decay (lr 0.1, 5e-5): is
-                       the recipe, tuned on nothing in particular, what holds the data-free student back?
+- ``generator_lr01``   the static images with a larger step and less weight decay (lr 0.1, 5e-5): is the
+                       recipe, tuned on nothing in particular, what holds the data-free student back?
 
-After training, two diagnostics on every cell (the trained weights are left as they are):
+After training, three diagnostics on every cell (the trained weights are left as they are):
 
 - ``bn_real``: the student's BatchNorm running statistics re-estimated on the 10,000 real training images
   (uses real data: a diagnostic only). If the synthetic images' feature statistics were what the student lacked,
@@ -18,8 +20,9 @@ After training, two diagnostics on every cell (the trained weights are left as t
 - ``bn_own``: the same re-estimation on the cell's own training images, the control (the running averages
   of training replaced by exact statistics of the same images);
 - ``agree_own`` / ``agree_real``: how often the student's top class is the teacher's, on the centre crops of
-  its own training images and on the real test images. A student that follows the teacher on the images it
-  trained on but not on real ones learned the teacher only where those images lie.
+  its own training images (with online synthesis, the set the bank started from) and on the real test images.
+  A student that follows the teacher on the images it trained on but not on real ones learned the teacher only
+  where those images lie.
 
     python benchmarks/datafree_gap.py --budget smoke
     python benchmarks/datafree_gap.py --budget cpu [--variants generator,real] [--seeds 0,1,2]
@@ -55,14 +58,16 @@ class Setting:
     label: str
     source: str  # a common.SOURCES name
     data_free: bool
+    online: bool = False  # online synthesis: the generator refreshes a replay bank of the images
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over the budget's
 
 
 SETTINGS: dict[str, Setting] = {
     "generator": Setting("few-step generator, static", "generator", True),
+    "generator_online": Setting("few-step generator, online synthesis + replay bank", "generator", True, True),
     "real": Setting("real (JPEG), same teacher labels", "real", False),
     "generator_lr01": Setting("few-step generator, lr 0.1, weight decay 5e-5", "generator", True,
-                              {"lr": 0.1, "weight_decay": 5e-5}),
+                              train={"lr": 0.1, "weight_decay": 5e-5}),
 }
 
 
@@ -80,7 +85,8 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(DataBudget(40, "tiny", {"batch_size": 20, "steps": 4, "generator": {"warmup_batches": 1}}),
-                    {"C": 4, "N": 1}, {"batch_size": 10, "max_steps": 6, "temperature": 16.0, "mix": "mixup"},
+                    {"C": 4, "N": 1}, {"batch_size": 10, "max_steps": 6, "temperature": 16.0, "mix": "mixup",
+                                      "online": {"batch_size": 10}},
                     (0,), "smoke: sizes cut down to check the script runs; the numbers mean nothing"),
     # the default run's training recipe (dfnas/presets/default.yaml), 1,000 steps instead of its 2,340; the
     # 10,000 images are the ones datafree_wallclock's cpu budget trains on (the same cached datasets)
@@ -138,7 +144,8 @@ def run_cell(budget: Budget, arch_str: str, name: str, seed: int, ds: Any, real_
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell starts over (the trained model is needed below)
     steps_per_epoch = max(1, len(ds) // int(budget.train["batch_size"]))
     cfg = {**budget.train, **s.train, "epochs": math.ceil(int(budget.train["max_steps"]) / steps_per_epoch),
-           "seed": seed, "held_out": 0.0, "device": "cpu"}
+           "seed": seed, "held_out": 0.0, "device": "cpu",
+           "online": {**budget.train.get("online", {}), "enabled": s.online}}
     trained: dict[str, Any] = {}
     t0 = time.perf_counter()
     res = train_network(cfg, NB201Space.parse(arch_str), {"name": "nb201", **budget.space}, ds, run_dir,
@@ -179,9 +186,10 @@ def summarize(budget_name: str, budget: Budget, arch: str, cells: list[dict[str,
         for k in shown:
             if SETTINGS[k].data_free:
                 groups[k]["ratio_to_real"] = reporting.mean_std(groups[k]["test_top1"])[0] / real_m
-    if "generator" in by_seed and "generator_lr01" in by_seed:
-        comparisons["generator_lr01 - generator"] = reporting.paired_difference(
-            by_seed["generator_lr01"]["test_top1"], by_seed["generator"]["test_top1"])
+    for k in ("generator_online", "generator_lr01"):
+        if "generator" in by_seed and k in by_seed:
+            comparisons[f"{k} - generator"] = reporting.paired_difference(by_seed[k]["test_top1"],
+                                                                         by_seed["generator"]["test_top1"])
     summary = {"benchmark": NAME, "budget": budget_name, "budget_settings": budget.as_dict(), "arch": arch,
                "groups": groups, "comparisons": comparisons, "cells": cells, "environment": reporting.environment()}
     lines = [f"# Where data-free training loses to real data, step for step ({budget_name} budget)\n",
