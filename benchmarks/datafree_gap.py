@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     settings, seeds = common.chosen_variants_and_seeds(args, list(SETTINGS), budget.seeds)
     store = common.CellStore(work / NAME / "cells")
     key = "arch-" + common.stable_hash(args.arch)[:8]
+    common.adopt_published(store, common.RESULTS_DIR / f"{NAME}_{args.budget}.json",
+                           lambda c: ("arch-" + common.stable_hash(c["arch"])[:8], c["setting"], f"seed{c['seed']}"))
     todo = [] if args.summary_only or args.estimate_only else [
         (k, s) for k in settings for s in seeds
         if store.get(key, k, f"seed{s}", cell_hash=cell_hash(budget, args.arch, k, s)) is None]
