@@ -197,10 +197,10 @@ def summarize(budget_name: str, budget: Budget, arch: str, cells: list[dict[str,
     lines = [f"# Where data-free training loses to real data, step for step ({budget_name} budget)\n",
              f"{budget.note}. Network: NAS-Bench-201 cell `{arch}`, trained from scratch. Top-1 (%) on the 1,017 "
              "bit-exact real CIFAR-10 test images, mean ± sample std over seeds.\n"]
-    rows = [[g["label"], "yes" if g["data_free"] else "no", reporting.fmt_pm(g["test_top1"]),
+    rows = [[f"`{k}`: {g['label']}", "yes" if g["data_free"] else "no", reporting.fmt_pm(g["test_top1"]),
              f"{g['ratio_to_real']:.2f}" if "ratio_to_real" in g else "–", reporting.fmt_pm(g["bn_real"]),
              reporting.fmt_pm(g["bn_own"]), reporting.fmt_pm(g["agree_own"]), reporting.fmt_pm(g["agree_real"]),
-             len(g["seeds"])] for g in groups.values()]
+             len(g["seeds"])] for k, g in groups.items()]
     lines.append(reporting.md_table(["images and recipe", "data-free", "top-1 after training", "ratio to real",
                                      "BN statistics re-estimated on real images", "… on its own images",
                                      "agrees with the teacher on its own images", "… on real test images", "seeds"],
@@ -219,23 +219,29 @@ def summarize(budget_name: str, budget: Budget, arch: str, cells: list[dict[str,
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
+    """Left: top-1 on the real test images after training and after each BatchNorm re-estimation; right: the
+    student's agreement with the teacher on its own images and on the real test images. Dots are seeds."""
     plt = reporting.pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     groups = summary["groups"]
-    metrics = [("test_top1", "after training", "tab:blue"), ("bn_real", "BN stats on real images", "tab:orange"),
-               ("bn_own", "BN stats on own images", "tab:gray")]
-    width = 0.8 / len(metrics)
-    for j, (m, label, colour) in enumerate(metrics):
-        for i, g in enumerate(groups.values()):
-            x = i + (j - (len(metrics) - 1) / 2) * width
-            mean = reporting.mean_std(g[m])[0]
-            ax.bar(x, mean, width, color=colour, alpha=0.7, label=label if i == 0 else None)
-            ax.scatter([x] * len(g[m]), g[m], color="black", s=8, zorder=3)
-    ax.set_xticks(range(len(groups)), [g["label"] for g in groups.values()], fontsize=7)
-    ax.set_ylabel("top-1 on real test images (%)")
-    ax.set_title(f"Same network, recipe and steps ({summary['budget']} budget); dots = seeds", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3, axis="y")
+    panels = [(axes[0], [("test_top1", "after training", "tab:blue"), ("bn_real", "BN stats on real images",
+                                                                       "tab:orange"),
+                         ("bn_own", "BN stats on own images", "tab:gray")], "top-1 on real test images (%)"),
+              (axes[1], [("agree_own", "on its own images", "tab:green"), ("agree_real", "on real test images",
+                                                                          "tab:purple")],
+               "agrees with the teacher (%)")]
+    for ax, metrics, ylabel in panels:
+        width = 0.8 / len(metrics)
+        for j, (m, label, colour) in enumerate(metrics):
+            for i, g in enumerate(groups.values()):
+                x = i + (j - (len(metrics) - 1) / 2) * width
+                ax.bar(x, reporting.mean_std(g[m])[0], width, color=colour, alpha=0.7, label=label if i == 0 else None)
+                ax.scatter([x] * len(g[m]), g[m], color="black", s=8, zorder=3)
+        ax.set_xticks(range(len(groups)), list(groups), fontsize=7, rotation=20)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Same network, recipe and steps ({summary['budget']} budget); dots = seeds", fontsize=9)
     return reporting.save_figure(fig, path)
 
 
