@@ -34,6 +34,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / "_work"
 RESULTS_DIR = BENCH_DIR / "results"
 TEACHER_NAME = "cifar10_resnet20"  # the teacher every benchmark inverts (and distils from)
+# the first cell the default `dfnas run` found (NB201 string): the network datafree_wallclock and
+# datafree_gap train, so their numbers compare
+DEFAULT_RUN_CELL = "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_1x1~2|"
 DATA_SEED = 0  # datasets are made once per source with this seed; search / training seeds vary separately
 
 

@@ -42,7 +42,6 @@ import reporting  # noqa: E402
 from common import DataBudget  # noqa: E402
 
 NAME = "datafree_wallclock"
-DEFAULT_ARCH = "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_1x1~2|"
 
 
 @dataclass(frozen=True)
@@ -268,7 +267,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.make_parser(__doc__, list(BUDGETS))
-    common.add_training_args(p, list(VARIANTS), DEFAULT_ARCH, "the default run's")
+    common.add_training_args(p, list(VARIANTS), common.DEFAULT_RUN_CELL, "the default run's")
     args = p.parse_args(argv)
     work, out = common.setup(args)
     budget = BUDGETS[args.budget]
