@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -520,6 +521,13 @@ def source_labels(ds: Any) -> torch.Tensor:
     if ds.label_mode == "distill" and ds.logits is not None:
         return ds.logits.argmax(1)
     return ds.targets.argmax(1)
+
+
+def epochs_for_steps(train: dict[str, Any], n_images: int) -> int:
+    """Epochs a training of ``train``'s ``max_steps`` steps of ``batch_size`` needs on ``n_images`` images: as
+    many as the steps take, so the cosine schedule ends at ``max_steps`` whatever the image count."""
+    steps_per_epoch = max(1, n_images // int(train["batch_size"]))
+    return math.ceil(int(train["max_steps"]) / steps_per_epoch)
 
 
 def with_hard_targets(ds: Any, labels: torch.Tensor) -> Any:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import shutil
 import sys
 import time
@@ -121,32 +120,25 @@ def bn_reestimated_top1(model: Any, images: Any, real_test: Any) -> float:
 
 def teacher_agreement(model: Any, images: Any) -> float:
     """Percent of the centre crops of ``images`` (an ImageSet) on which ``model`` and the teacher pick the same
-    class (both in eval mode)."""
-    import torch
+    class (both in eval mode): the student's top-1 against the teacher's top classes."""
+    from dfnas.synthesis.methods import teacher_logits
+    from dfnas.train import evaluate
 
-    from dfnas.data import iterate_batches
-
-    tch, same, n = common.teacher(), 0, 0
-    model.eval()
-    with torch.no_grad():
-        for x, _ in iterate_batches(images, 250, None, augment=False, device=torch.device("cpu")):
-            same += int((model(x).argmax(1) == tch(x).argmax(1)).sum())
-            n += len(x)
-    return 100.0 * same / n
+    labels = teacher_logits(common.teacher(), images.images, images.input_size).argmax(1)
+    return evaluate(model, common.with_hard_targets(images, labels), "cpu")
 
 
 def run_cell(budget: Budget, arch_str: str, name: str, seed: int, ds: Any, real_train: Any, run_dir: Path,
              progress: bool) -> dict[str, Any]:
-    """Train one setting from scratch, then measure the two BatchNorm diagnostics."""
+    """Train one setting from scratch, then measure the BatchNorm and agreement diagnostics."""
     from dfnas.spaces.nb201 import NB201Space
     from dfnas.train import evaluate, train_network
 
     s = SETTINGS[name]
     real_test = common.real_test_set()
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed cell starts over (the trained model is needed below)
-    steps_per_epoch = max(1, len(ds) // int(budget.train["batch_size"]))
-    cfg = {**budget.train, **s.train, "epochs": math.ceil(int(budget.train["max_steps"]) / steps_per_epoch),
-           "seed": seed, "held_out": 0.0, "device": "cpu",
+    cfg = {**budget.train, **s.train, "epochs": common.epochs_for_steps(budget.train, len(ds)), "seed": seed,
+           "held_out": 0.0, "device": "cpu",
            "online": {**budget.train.get("online", {}), "enabled": s.online}}
     trained: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -270,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     for k, s in todo:
         ds, _ = common.prepare_source(SETTINGS[k].source, budget.data, work, not args.quiet)
         common.log(f"training {k} seed {s} ({len(ds)} images)")
-        run_dir = work / NAME / "runs" / key / k / common.run_name(f"seed{s}", cell_hash(budget, args.arch, k, s))
+        h = cell_hash(budget, args.arch, k, s)
+        run_dir = work / NAME / "runs" / key / k / common.run_name(f"seed{s}", h)
         rec = run_cell(budget, args.arch, k, s, ds, real_train, run_dir, not args.quiet)
-        store.put(rec, key, k, f"seed{s}", cell_hash=cell_hash(budget, args.arch, k, s))
+        store.put(rec, key, k, f"seed{s}", cell_hash=h)
         common.log(f"  {k} seed {s}: top-1 {rec['test_top1']:.2f}% (BN on real {rec['bn_real']:.2f}, on own "
                    f"{rec['bn_own']:.2f}) after {rec['train_seconds']:.0f} s")
     cells = [c for k in SETTINGS for s in sorted(set(seeds) | set(budget.seeds) | store.seeds())

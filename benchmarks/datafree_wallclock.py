@@ -26,7 +26,6 @@ Writes datafree_wallclock_<budget>.{json,md,png}.
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import sys
 import time
@@ -164,10 +163,8 @@ def run_cell(budget: Budget, arch_str: str, v: str, seed: int, ds: Any, make_s: 
             clock["eval"] += time.perf_counter() - t0
 
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted cell starts over: its clock must be whole
-    # as many epochs as the steps need, so the cosine schedule ends at max_steps whatever the image count
-    steps_per_epoch = max(1, len(ds) // int(budget.train["batch_size"]))
-    epochs = math.ceil(int(budget.train["max_steps"]) / steps_per_epoch)
-    cfg = {**budget.train, "epochs": epochs, "seed": seed, "held_out": 0.0, "device": "cpu",
+    cfg = {**budget.train, "epochs": common.epochs_for_steps(budget.train, len(ds)), "seed": seed, "held_out": 0.0,
+           "device": "cpu",
            "online": {**budget.train.get("online", {}), "enabled": var.online_synthesis}}
     if not var.online_teacher:
         cfg["mix"] = "none"  # mixed images need the teacher to label them
